@@ -3,29 +3,134 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
-from gateway.config import load_settings
+import uvicorn
+
+from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.logs import configure
+
+DEFAULT_CONFIG = "config/gateway.toml"
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, but viewers are told before connections are drained, and peers stop together."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Any, peers: tuple[uvicorn.Server, ...] = ()) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+        self._peers = peers
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        for peer in self._peers:
+            peer.should_exit = True
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        if self._gateway is not None:
+            self._gateway.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+class QuietServer(uvicorn.Server):
+    """A second server in the same process: the first one owns the signal handlers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(app: Any, host: str, port: int, level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=level,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+        ws="websockets-sansio",
+        access_log=False,
+    )
+
+
+def _load(path: str | None) -> Settings:
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    return load_settings(path)
+
+
+def _serve(settings: Settings) -> int:
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    gw = app.state.gateway
+    server = GatewayServer(_uvicorn_config(app, settings.host, settings.port, settings.log_level), gw)
+    server.run()
+    return 0
+
+
+async def _demo(settings: Settings, sim_port: int) -> None:
+    from gateway.app import create_app
+    from gateway.simulator.app import SimulatorConfig
+    from gateway.simulator.app import create_app as create_simulator
+
+    settings = settings.replace(hq_base_url=f"http://127.0.0.1:{sim_port}")
+    sim = QuietServer(_uvicorn_config(create_simulator(SimulatorConfig(token=settings.hq_token)),
+                                      "127.0.0.1", sim_port, "warning"))  # fmt: skip
+    app = create_app(settings)
+    gw_server = GatewayServer(
+        _uvicorn_config(app, settings.host, settings.port, settings.log_level), app.state.gateway, (sim,)
+    )
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\n  hq-gateway demo\n  console:   {base}/console\n  simulator: http://127.0.0.1:{sim_port}"
+        f"\n  try:       curl -N {base}/api/v1/conversation/stream/9bf7540a-b129-4685-a120-730e8a0cb94b\n",
+        flush=True,
+    )
+    await asyncio.gather(sim.serve(), gw_server.serve())
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hq-gateway", description=__doc__)
+    p = argparse.ArgumentParser(prog="hq-gateway", description="HQ conversation-stream gateway")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="TOML settings file (GATEWAY_* variables override it)")
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway.")
+    serve.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} when present)")
+    sim = sub.add_parser("simulate", help="run the built-in HQ simulator", description="Run the HQ simulator.")
+    from gateway.simulator.cli import add_arguments
+
+    add_arguments(sim)
+    demo = sub.add_parser("demo", help="gateway + simulator + console, memory store", description="Run the demo.")
+    demo.add_argument("--config", help="TOML settings file")
+    demo.add_argument("--simulator-port", type=int, default=8090, help="port of the simulator (8090)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        from gateway.simulator.cli import run_from_args
+
+        return int(run_from_args(args))
     try:
-        settings = load_settings(args.config)
+        settings = _load(args.config)
+        if args.command == "demo":
+            settings = settings.replace(redis_url="")
     except ConfigError as exc:
         print(f"hq-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    print(f"hq-gateway: {args.command} on {settings.host}:{settings.port} (not yet implemented)")
-    return 1
+    configure(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        return _serve(settings)
+    asyncio.run(_demo(settings, args.simulator_port))
+    return 0
 
 
 if __name__ == "__main__":

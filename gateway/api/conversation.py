@@ -1,0 +1,160 @@
+"""REST: submit a turn, read the journal (paged) and the per-turn trace."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.runtime import Gateway
+from gateway.trace import build_trace
+from gateway.upstream.client import UpstreamUnavailable
+from gateway.upstream.supervisor import UpstreamState
+
+MAX_BODY = 1 << 20
+MAX_MESSAGE_CHARS = 100_000
+ATTACH_TIMEOUT_S = 5.0
+TURN_HOLD_S = 900.0
+MAX_PAGE = 1000
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise BadRequest(f"body larger than {MAX_BODY} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise BadRequest(f"body larger than {MAX_BODY} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
+    conv = conversation_id(str(body.get("conversationId", "")))
+    message = body.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise BadRequest("message must be a non-empty string")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise BadRequest(f"message longer than {MAX_MESSAGE_CHARS} characters")
+    params = body.get("inputParams") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("inputParams must be an object")
+    key = body.get("idempotencyKey")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 200):
+        raise BadRequest("idempotencyKey must be a string of 1-200 characters")
+    attachments = body.get("attachments")
+    if attachments is not None and not isinstance(attachments, list):
+        raise BadRequest("attachments must be a list")
+    return conv, message, params, key, attachments
+
+
+async def post_message(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        conv, message, params, key, attachments = _submission(await _json_body(request))
+    except BadRequest as exc:
+        return error(400, "bad_request", str(exc))
+    key = key or str(uuid.uuid4())
+    upstream = gw.upstreams.hold(conv, "turn")
+    released = False
+    try:
+        # Attach before posting (HQ streaming guide) so the turn's first events are not missed.
+        try:
+            async with asyncio.timeout(ATTACH_TIMEOUT_S):
+                while not upstream.connected.is_set() and upstream.state is not UpstreamState.FAILED:
+                    await asyncio.wait_for(upstream.connected.wait(), 0.25)
+        except TimeoutError:
+            pass  # HQ replays from our cursor once the stream is up; submit anyway.
+        if upstream.state is UpstreamState.FAILED:
+            return error(502, "upstream_refused", "HQ refused this conversation's stream")
+        upstream.turn_ended.clear()
+        first_time = gw.remember_submission(conv, key)
+        if first_time:
+            await upstream.originate("gateway.user_input", {"message": message, "inputParams": params})
+        hq_body: dict[str, Any] = {"text": message, "idempotency_key": key}
+        if attachments:
+            hq_body["attachments"] = attachments
+        try:
+            reply = await gw.hq.post_message(conv, hq_body, key)
+        except UpstreamUnavailable as exc:
+            return error(502, "upstream_unavailable", f"HQ unreachable: {exc}")
+        if reply.status not in (200, 201, 202) or not isinstance(reply.body, dict):
+            status = reply.status if reply.status in (400, 401, 403, 404, 409, 422, 429) else 502
+            return error(status, "upstream_rejected", f"HQ answered {reply.status}")
+        gw.spawn(_hold_until_turn_ends(gw, conv, upstream.turn_ended), name=f"turn-hold:{conv}")
+        released = True
+        base = gw.settings.public_url or str(request.base_url).rstrip("/")
+        return JSONResponse(
+            {
+                "accepted": bool(reply.body.get("accepted", True)),
+                "idempotent": bool(reply.body.get("idempotent", False)),
+                "conversationId": conv,
+                "idempotencyKey": key,
+                "streamUrl": f"{base.rstrip('/')}/api/v1/conversation/stream/{conv}",
+                "stompDestination": f"/topic/convengine/audit/{conv}",
+            },
+            status_code=202,
+        )
+    finally:
+        if not released:
+            gw.upstreams.release(conv, "turn")
+
+
+async def _hold_until_turn_ends(gw: Gateway, conv: str, ended: asyncio.Event) -> None:
+    """Keep the upstream open while a submitted turn runs, even with no viewer."""
+    try:
+        async with asyncio.timeout(TURN_HOLD_S):
+            await ended.wait()
+    except TimeoutError:
+        pass
+    finally:
+        gw.upstreams.release(conv, "turn")
+
+
+async def audit(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        conv = conversation_id(request.path_params["conversationId"])
+        after = seq_cursor(request.query_params.get("after"), "after") or 0
+        limit = seq_cursor(request.query_params.get("limit"), "limit") or 100
+    except BadRequest as exc:
+        return error(400, "bad_request", str(exc))
+    limit = max(1, min(limit, MAX_PAGE))
+    head = await gw.journal.head(conv)
+    envs = await gw.journal.read(conv, after, limit)
+    last = envs[-1].seq if envs else after
+    body = b'{"conversationId":"%s","oldest":%d,"newest":%d,"nextAfter":%s,"items":[%s]}' % (
+        conv.encode(),
+        head.oldest,
+        head.seq,
+        str(last).encode() if last < head.seq else b"null",
+        b",".join(e.body for e in envs),
+    )
+    return Response(body, media_type="application/json")
+
+
+async def trace(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        conv = conversation_id(request.path_params["conversationId"])
+    except BadRequest as exc:
+        return error(400, "bad_request", str(exc))
+    head = await gw.journal.head(conv)
+    envs = await gw.journal.read(conv, max(0, head.oldest - 1), gw.settings.journal_max_events)
+    turns = build_trace([e.as_dict() for e in envs])
+    return JSONResponse({"conversationId": conv, "oldest": head.oldest, "newest": head.seq, "turns": turns})

@@ -1,0 +1,189 @@
+"""In-process fan-out: per-conversation topics, bounded per-viewer queues, journal splice.
+
+A subscriber holds a cursor (the last seq it delivered). Live envelopes land in its bounded queue;
+whatever the queue cannot explain (a resume point behind the live edge, a gap) is read from the
+journal first, so replay and live never interleave, duplicate or skip (the Mercure splice, done
+with seq arithmetic instead of buffering).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.envelope import Envelope
+from gateway.journal.base import Journal
+
+REPLAY_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StaleNotice:
+    """A resume point the journal cannot honour exactly: the replay starts at ``oldest``."""
+
+    requested: int
+    oldest: int
+    newest: int
+    reason: str  # "expired" | "ahead"
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {
+            "requested": self.requested,
+            "oldest": self.oldest,
+            "newest": self.newest,
+            "reason": self.reason,
+        }
+
+
+class SubscriberStale(Exception):
+    """The subscriber was cut loose; ``reason`` says why (e.g. "slow", "expired")."""
+
+    def __init__(self, reason: str, cursor: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cursor = cursor
+
+
+class Subscriber:
+    """One viewer subscription: a cursor, a bounded queue and a wake-up event."""
+
+    __slots__ = (
+        "_bytes",
+        "_journal",
+        "_max_bytes",
+        "_max_messages",
+        "_queue",
+        "_wake",
+        "catch_up_to",
+        "conversation_id",
+        "cursor",
+        "failure",
+    )
+
+    def __init__(
+        self, journal: Journal, conversation_id: str, cursor: int, catch_up_to: int, max_messages: int,
+        max_bytes: int,
+    ) -> None:  # fmt: skip
+        self._journal = journal
+        self.conversation_id = conversation_id
+        self.cursor = cursor
+        self.catch_up_to = catch_up_to
+        self._queue: deque[Envelope] = deque()
+        self._bytes = 0
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._wake = asyncio.Event()
+        self.failure: str | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def offer(self, env: Envelope) -> None:
+        """Queue a live envelope; never blocks. Overflow cuts the subscriber loose."""
+        if self.failure is not None:
+            return
+        if len(self._queue) >= self._max_messages or self._bytes + len(env.body) > self._max_bytes:
+            self.fail("slow")
+            return
+        self._queue.append(env)
+        self._bytes += len(env.body)
+        self._wake.set()
+
+    def fail(self, reason: str) -> None:
+        self.failure = reason
+        self._queue.clear()
+        self._bytes = 0
+        self._wake.set()
+
+    async def next_batch(self, timeout: float | None = None, limit: int = REPLAY_BATCH) -> list[Envelope]:
+        """The next envelopes after ``cursor``, in order; [] when ``timeout`` passes first."""
+        while True:
+            if self.failure is not None:
+                raise SubscriberStale(self.failure, self.cursor)
+            target = self.catch_up_to
+            queue = self._queue
+            while queue and queue[0].seq <= self.cursor:
+                self._bytes -= len(queue.popleft().body)
+            if queue:
+                target = max(target, queue[0].seq - 1)
+            if self.cursor < target:
+                return await self._from_journal(min(limit, target - self.cursor))
+            if queue:
+                batch: list[Envelope] = []
+                while queue and len(batch) < limit and queue[0].seq == self.cursor + 1:
+                    env = queue.popleft()
+                    self._bytes -= len(env.body)
+                    batch.append(env)
+                    self.cursor = env.seq
+                return batch
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                return []
+
+    async def _from_journal(self, count: int) -> list[Envelope]:
+        envs = await self._journal.read(self.conversation_id, self.cursor, count)
+        if not envs or envs[0].seq != self.cursor + 1:
+            # Retention trimmed what this viewer still needed while it was catching up.
+            self.fail("expired")
+            raise SubscriberStale("expired", self.cursor)
+        self.cursor = envs[-1].seq
+        return envs
+
+
+class Hub:
+    """Local fan-out of journaled envelopes to the subscribers of each conversation."""
+
+    def __init__(self, journal: Journal, max_messages: int, max_bytes: int, replay_max: int) -> None:
+        self._journal = journal
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._replay_max = replay_max
+        self._topics: dict[str, set[Subscriber]] = {}
+
+    async def subscribe(self, conversation_id: str, since: int | None) -> tuple[Subscriber, StaleNotice | None]:
+        """Attach a subscriber; with ``since`` it first replays everything after it."""
+        sub = Subscriber(self._journal, conversation_id, 0, 0, self._max_messages, self._max_bytes)
+        # Register before reading the head: anything published meanwhile is queued, not lost.
+        self._topics.setdefault(conversation_id, set()).add(sub)
+        head = await self._journal.head(conversation_id)
+        notice = None
+        if since is None:
+            sub.cursor = sub.catch_up_to = head.seq
+            return sub, None
+        oldest = max(head.oldest, head.seq - self._replay_max + 1)
+        if since > head.seq:
+            notice = StaleNotice(since, oldest, head.seq, "ahead")
+        elif since < oldest - 1:
+            notice = StaleNotice(since, oldest, head.seq, "expired")
+        sub.cursor = oldest - 1 if notice else since
+        sub.catch_up_to = head.seq
+        return sub, notice
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._topics.get(sub.conversation_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._topics[sub.conversation_id]
+
+    def publish(self, conversation_id: str, envelopes: Iterable[Envelope]) -> None:
+        subs = self._topics.get(conversation_id)
+        if not subs:
+            return
+        for env in envelopes:
+            for sub in subs:
+                sub.offer(env)
+
+    def viewers(self, conversation_id: str) -> int:
+        return len(self._topics.get(conversation_id, ()))
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        for subs in self._topics.values():
+            for sub in subs:
+                sub.fail(reason)

@@ -1,0 +1,52 @@
+"""Logging: human lines by default, JSON on request; secrets are scrubbed before any handler."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+
+_BEARER = re.compile(r"(Bearer\s+|hq_pat_|access_token=|passcode:)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    return _BEARER.sub(lambda m: m.group(1) + "***", text)
+
+
+class _ScrubFilter(logging.Filter):
+    """Last line of defence: no token shape survives into a log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(entry)
+
+
+def configure(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_ScrubFilter())
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,121 @@
+"""The gateway's running parts, wired once: journal → hub, HQ client, upstream registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import suppress
+from typing import Any
+
+from gateway.config import Settings
+from gateway.envelope import Envelope, load_mapping
+from gateway.hub import Hub
+from gateway.journal.base import Journal
+from gateway.journal.memory import MemoryJournal
+from gateway.upstream.client import Backoff, HqClient
+from gateway.upstream.registry import UpstreamRegistry
+from gateway.upstream.supervisor import ConversationUpstream
+
+log = logging.getLogger("gateway")
+
+SUBMISSION_KEYS = 100_000
+
+
+class LocalSink:
+    """Single-process delivery: journal the envelope with its cursor, then fan it out."""
+
+    def __init__(self, journal: Journal, hub: Hub) -> None:
+        self._journal = journal
+        self._hub = hub
+
+    async def emit(self, conversation_id: str, envelopes: list[Envelope], cursor: str | None) -> None:
+        await self._journal.append(conversation_id, envelopes, cursor)
+        self._hub.publish(conversation_id, envelopes)
+
+
+class Gateway:
+    """Everything one gateway process runs; built from Settings, started and stopped by the app."""
+
+    def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.mapping = load_mapping(settings.mapping_file, keep_unknown=settings.unknown_events == "keep")
+        self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
+        self.hub = Hub(self.journal, settings.queue_max_messages, settings.queue_max_bytes, settings.replay_max_events)
+        self.hq = HqClient(
+            settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
+        )
+        self.sink = LocalSink(self.journal, self.hub)
+        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        self.shutting_down = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._submissions: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def remember_submission(self, conversation_id: str, key: str) -> bool:
+        """True the first time an idempotency key is seen for a conversation (within an hour)."""
+        now = time.monotonic()
+        while self._submissions and (
+            len(self._submissions) > SUBMISSION_KEYS or next(iter(self._submissions.values())) < now - 3600
+        ):
+            self._submissions.popitem(last=False)
+        if (conversation_id, key) in self._submissions:
+            return False
+        self._submissions[(conversation_id, key)] = now
+        return True
+
+    def _new_upstream(self, conversation_id: str) -> ConversationUpstream:
+        s = self.settings
+        return ConversationUpstream(
+            conversation_id,
+            hq=self.hq,
+            journal=self.journal,
+            sink=self.sink,
+            mapping=self.mapping,
+            backoff=Backoff(s.hq_backoff_initial_s, s.hq_backoff_max_s),
+        )
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """What /readyz reports: one entry per dependency, each with ok and a detail."""
+        states = self.upstreams.states()
+        checks: dict[str, dict[str, Any]] = {
+            "config": {"ok": True, "detail": "loaded"},
+            "shutdown": {
+                "ok": not self.shutting_down.is_set(),
+                "detail": "draining" if self.shutting_down.is_set() else "no",
+            },
+            "journal": {"ok": True, "detail": type(self.journal).__name__},
+            "upstreams": {
+                "ok": True,
+                "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
+            },
+        }
+        return checks
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Start a background task the gateway owns and cancels on shutdown."""
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def begin_shutdown(self) -> None:
+        """Tell every viewer the process is going away, before the server stops accepting."""
+        if not self.shutting_down.is_set():
+            log.info("shutting down: closing viewers")
+            self.shutting_down.set()
+            self.hub.close_all("shutdown")
+
+    async def close(self) -> None:
+        self.begin_shutdown()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with suppress(asyncio.CancelledError):
+                await task
+        await self.upstreams.close()
+        await self.hq.close()
+        await self.journal.close()

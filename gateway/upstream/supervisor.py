@@ -1,0 +1,185 @@
+"""One upstream task per active conversation: resume, reconnect, normalize, journal, publish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.envelope import ConversationInfo, Envelope, HqEvent, Mapping, TurnState, normalize
+from gateway.errors import UpstreamFatal
+from gateway.journal.base import Journal
+from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavailable
+
+log = logging.getLogger("gateway.upstream")
+
+RECENT_IDS = 1024
+
+
+class Sink(Protocol):
+    """Where normalized envelopes go: journal first (with the cursor), then viewers."""
+
+    async def emit(self, conversation_id: str, envelopes: list[Envelope], cursor: str | None) -> None: ...
+
+
+class UpstreamState(StrEnum):
+    CONNECTING = "connecting"
+    LIVE = "live"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class ConversationUpstream:
+    """The upstream of one conversation: runs until cancelled or HQ refuses it for good."""
+
+    def __init__(
+        self,
+        conversation_id: str,
+        *,
+        hq: HqClient,
+        journal: Journal,
+        sink: Sink,
+        mapping: Mapping,
+        backoff: Backoff,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.conversation_id = conversation_id
+        self._hq = hq
+        self._journal = journal
+        self._sink = sink
+        self._mapping = mapping
+        self._backoff = backoff
+        self._clock_ms = clock_ms
+        self.state = UpstreamState.CONNECTING
+        self.connected = asyncio.Event()
+        self.turn_ended = asyncio.Event()
+        self.reconnects = 0
+        self.ended_at: float | None = None
+        self.seq = 0
+        self.cursor: str | None = None
+        self.turn = TurnState()
+        self.info = ConversationInfo()
+        self._recent: deque[str] = deque(maxlen=RECENT_IDS)
+        self._recent_set: set[str] = set()
+        self._last_numeric = -1
+        self._append_lock = asyncio.Lock()  # the run loop and REST submissions both append
+
+    async def run(self) -> None:
+        await self._load()
+        await self._fetch_info()
+        down_since: float | None = None
+        while True:
+            self.state = UpstreamState.CONNECTING
+            try:
+                async with self._hq.open_stream(self.conversation_id, self.cursor) as events:
+                    self.state = UpstreamState.LIVE
+                    self.connected.set()
+                    self._backoff.reset()
+                    log.info("upstream live conversation=%s cursor=%s", self.conversation_id, self.cursor)
+                    if down_since is not None:
+                        down_for = time.monotonic() - down_since
+                        down_since = None
+                        await self.originate("gateway.upstream_restored", {
+                            "message": f"upstream restored after {down_for:.1f}s", "recoverable": True})  # fmt: skip
+                    async for item in events:
+                        if isinstance(item, RetryHint):
+                            self._backoff.floor_s = min(item.delay_s, self._backoff.max_s * 4)
+                        elif item.name == "stale":
+                            log.info("upstream says stale conversation=%s: reconnecting", self.conversation_id)
+                            break
+                        else:
+                            await self._accept(item)
+                reason = "stream ended"
+            except UpstreamFatal as exc:
+                self.connected.clear()
+                self.state = UpstreamState.FAILED
+                log.warning("upstream refused conversation=%s: %s", self.conversation_id, exc)
+                await self.originate("gateway.upstream_error", {
+                    "message": str(exc), "status": exc.status, "recoverable": False})  # fmt: skip
+                return
+            except UpstreamUnavailable as exc:
+                reason = str(exc)
+                if down_since is None:
+                    down_since = time.monotonic()
+                    await self.originate("gateway.upstream_error", {
+                        "message": f"upstream unavailable: {reason}", "recoverable": True})  # fmt: skip
+            self.connected.clear()
+            self.state = UpstreamState.BACKOFF
+            self.reconnects += 1
+            delay = self._backoff.next_delay()
+            log.info("upstream reconnect conversation=%s in %.2fs: %s", self.conversation_id, delay, reason)
+            await asyncio.sleep(delay)
+
+    async def _load(self) -> None:
+        head = await self._journal.head(self.conversation_id)
+        self.seq, self.cursor = head.seq, head.cursor
+        if self.cursor is not None:
+            self._remember(self.cursor)
+        if not head.empty:
+            last = await self._journal.read(self.conversation_id, head.seq - 1, 1)
+            if last:
+                self.turn = TurnState.from_meta(last[0].as_dict()["payload"].get("_meta", {}))
+
+    async def _fetch_info(self) -> None:
+        try:
+            reply = await self._hq.get_conversation(self.conversation_id)
+        except UpstreamUnavailable:
+            return
+        if reply.status == 200 and isinstance(reply.body, dict):
+            agent = reply.body.get("agent")
+            slug = agent.get("slug") if isinstance(agent, dict) else None
+            self.info = ConversationInfo(agent=slug, title=reply.body.get("title"))
+
+    def _is_duplicate(self, event_id: str | None) -> bool:
+        if event_id is None:
+            return False
+        if event_id in self._recent_set:
+            return True
+        # HQ ids are opaque but increasing; when they are integers, order settles it.
+        return event_id.isdigit() and int(event_id) <= self._last_numeric
+
+    def _remember(self, event_id: str) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(event_id)
+        self._recent_set.add(event_id)
+        if event_id.isdigit():
+            self._last_numeric = max(self._last_numeric, int(event_id))
+
+    async def _accept(self, event: HqEvent) -> None:
+        if self._is_duplicate(event.id):
+            return
+        if event.id is not None:
+            self._remember(event.id)
+            self.cursor = event.id
+        await self._append(event, self.cursor)
+        if event.name in ("final", "error", "done"):
+            self.turn_ended.set()
+
+    async def originate(self, name: str, data: dict[str, Any]) -> None:
+        """Journal an envelope the gateway itself produces (user input, upstream errors)."""
+        await self._append(HqEvent(name, data, None), None)
+
+    async def _append(self, event: HqEvent, cursor: str | None) -> None:
+        async with self._append_lock:
+            await self._append_locked(event, cursor)
+
+    async def _append_locked(self, event: HqEvent, cursor: str | None) -> None:
+        env, turn = normalize(
+            event,
+            seq=self.seq + 1,
+            conversation_id=self.conversation_id,
+            turn=self.turn,
+            mapping=self._mapping,
+            now_ms=self._clock_ms(),
+            info=self.info,
+        )
+        if env is None:
+            return
+        await self._sink.emit(self.conversation_id, [env], cursor)
+        self.seq, self.turn = env.seq, turn
