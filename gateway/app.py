@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api import conversation, health
 from gateway.config import Settings
+from gateway.metrics import metrics_endpoint
 from gateway.runtime import Gateway
 from gateway.transports.sse_endpoint import stream_endpoint
 
@@ -22,6 +23,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/conversation/audit/{conversationId}/trace", conversation.trace, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
 
 

@@ -128,7 +128,7 @@ class Subscriber:
 
     async def _from_journal(self, count: int) -> list[Envelope]:
         envs = await self._journal.read(self.conversation_id, self.cursor, count)
-        if not envs or envs[0].seq != self.cursor + 1:
+        if not envs or (envs[0].seq != self.cursor + 1 and self.cursor != 0):
             # Retention trimmed what this viewer still needed while it was catching up.
             self.fail("expired")
             raise SubscriberStale("expired", self.cursor)
@@ -152,17 +152,20 @@ class Hub:
         # Register before reading the head: anything published meanwhile is queued, not lost.
         self._topics.setdefault(conversation_id, set()).add(sub)
         head = await self._journal.head(conversation_id)
-        notice = None
+        sub.catch_up_to = head.seq
         if since is None:
-            sub.cursor = sub.catch_up_to = head.seq
+            sub.cursor = head.seq
             return sub, None
+        # 0 means "before everything": a journal incarnation starts wherever its first seq is.
         oldest = max(head.oldest, head.seq - self._replay_max + 1)
+        notice = None
         if since > head.seq:
             notice = StaleNotice(since, oldest, head.seq, "ahead")
-        elif since < oldest - 1:
+        elif since < oldest - 1 and (since != 0 or oldest > head.first):
             notice = StaleNotice(since, oldest, head.seq, "expired")
-        sub.cursor = oldest - 1 if notice else since
-        sub.catch_up_to = head.seq
+        sub.cursor = since if notice is None and since >= oldest - 1 else max(0, oldest - 1)
+        if not head.exists:
+            sub.cursor = 0
         return sub, notice
 
     def unsubscribe(self, sub: Subscriber) -> None:

@@ -15,6 +15,7 @@ from gateway.envelope import Envelope, load_mapping
 from gateway.hub import Hub
 from gateway.journal.base import Journal
 from gateway.journal.memory import MemoryJournal
+from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient
 from gateway.upstream.registry import UpstreamRegistry
 from gateway.upstream.supervisor import ConversationUpstream
@@ -27,12 +28,15 @@ SUBMISSION_KEYS = 100_000
 class LocalSink:
     """Single-process delivery: journal the envelope with its cursor, then fan it out."""
 
-    def __init__(self, journal: Journal, hub: Hub) -> None:
+    def __init__(self, journal: Journal, hub: Hub, metrics: Metrics) -> None:
         self._journal = journal
         self._hub = hub
+        self._metrics = metrics
 
     async def emit(self, conversation_id: str, envelopes: list[Envelope], cursor: str | None) -> None:
         await self._journal.append(conversation_id, envelopes, cursor)
+        for env in envelopes:
+            self._metrics.envelopes.labels("VERBOSE" if env.stage == "VERBOSE" else "AUDIT").inc()
         self._hub.publish(conversation_id, envelopes)
 
 
@@ -42,6 +46,7 @@ class Gateway:
     def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
         self.settings = settings
         self.instance_id = uuid.uuid4().hex[:12]
+        self.metrics = Metrics()
         self.started_at = time.time()
         self.mapping = load_mapping(settings.mapping_file, keep_unknown=settings.unknown_events == "keep")
         self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
@@ -49,7 +54,7 @@ class Gateway:
         self.hq = HqClient(
             settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
         )
-        self.sink = LocalSink(self.journal, self.hub)
+        self.sink = LocalSink(self.journal, self.hub, self.metrics)
         self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -76,6 +81,7 @@ class Gateway:
             sink=self.sink,
             mapping=self.mapping,
             backoff=Backoff(s.hq_backoff_initial_s, s.hq_backoff_max_s),
+            metrics=self.metrics,
         )
 
     def readiness(self) -> dict[str, dict[str, Any]]:

@@ -13,14 +13,23 @@ from gateway.envelope import Envelope
 class JournalHead:
     """Where a conversation's journal stands.
 
-    ``seq`` is the last seq ever assigned (0: none yet); ``oldest`` the oldest retained seq
-    (``seq + 1`` when nothing is retained); ``cursor`` the HQ ``id:`` of the last upstream event
-    journaled with it (None: never connected).
+    ``seq`` is the last seq assigned (0: no journal); ``oldest`` the oldest retained seq
+    (``seq + 1`` when nothing is retained); ``first`` the first seq of this journal incarnation
+    (0: no journal); ``cursor`` the HQ ``id:`` of the last upstream event journaled with it.
+
+    A new incarnation (the first append, or one after retention expired the whole journal) starts
+    at the wall clock in milliseconds, so its seqs exceed any seq a viewer may still hold from an
+    earlier incarnation: an old cursor is detected as expired, never silently resumed.
     """
 
     seq: int = 0
     oldest: int = 1
     cursor: str | None = None
+    first: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.seq > 0
 
     @property
     def empty(self) -> bool:
@@ -31,7 +40,7 @@ class Journal(Protocol):
     """Storage of envelopes per conversation. Implementations: memory and Redis."""
 
     async def head(self, conversation_id: str) -> JournalHead:
-        """The current head; a conversation never seen has ``JournalHead()``."""
+        """The current head; a conversation without a journal has ``JournalHead()``."""
         ...
 
     async def append(
@@ -44,9 +53,10 @@ class Journal(Protocol):
     ) -> None:
         """Append envelopes and set the cursor in one atomic step.
 
-        ``envelopes[0].seq`` must be ``head.seq + 1`` and the seqs dense; when ``owner`` is given
-        the caller must still hold the conversation's lease. Otherwise ``JournalConflict``.
-        A ``cursor`` of None keeps the stored one (gateway-originated envelopes).
+        ``envelopes[0].seq`` must be ``head.seq + 1`` (any positive seq when no journal exists)
+        and the seqs dense; when ``owner`` is given the caller must still hold the conversation's
+        lease. Otherwise ``JournalConflict`` and nothing is written. A ``cursor`` of None keeps the
+        stored one (gateway-originated envelopes).
         """
         ...
 

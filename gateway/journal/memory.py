@@ -15,13 +15,14 @@ from gateway.journal.base import JournalHead
 
 @dataclass(slots=True)
 class _Conversation:
+    first: int
     seq: int = 0
     cursor: str | None = None
     envelopes: deque[Envelope] = field(default_factory=deque)
 
 
 class MemoryJournal:
-    """Journal in process memory. Seqs restart at 1 when the process restarts (not durable)."""
+    """Journal in process memory: not durable, but a restart starts new, larger seqs (see JournalHead)."""
 
     def __init__(self, max_events: int, max_age_s: float, clock: Callable[[], float] = time.time) -> None:
         self._max_events = max_events
@@ -35,7 +36,7 @@ class MemoryJournal:
             return JournalHead()
         self._trim(conv)
         oldest = conv.envelopes[0].seq if conv.envelopes else conv.seq + 1
-        return JournalHead(conv.seq, oldest, conv.cursor)
+        return JournalHead(conv.seq, oldest, conv.cursor, conv.first)
 
     async def append(
         self,
@@ -45,11 +46,18 @@ class MemoryJournal:
         *,
         owner: str | None = None,
     ) -> None:
-        conv = self._convs.setdefault(conversation_id, _Conversation())
+        if not envelopes and cursor is None:
+            return
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            if not envelopes or envelopes[0].seq < 1:
+                raise JournalConflict(f"{conversation_id}: a new journal starts with an envelope")
+            conv = _Conversation(first=envelopes[0].seq, seq=envelopes[0].seq - 1)
         expected = conv.seq + 1
         for i, env in enumerate(envelopes):
             if env.seq != expected + i:
                 raise JournalConflict(f"{conversation_id}: expected seq {expected + i}, got {env.seq}")
+        self._convs[conversation_id] = conv
         conv.envelopes.extend(envelopes)
         if envelopes:
             conv.seq = envelopes[-1].seq

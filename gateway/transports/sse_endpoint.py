@@ -33,8 +33,12 @@ async def stream_endpoint(request: Request) -> Response:
 
 async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[bytes]:
     keepalive = gw.settings.sse_keepalive_s
+    metrics = gw.metrics
     async with gw.upstreams.interest(conv):
         sub, notice = await gw.hub.subscribe(conv, since)
+        metrics.viewers.labels("sse").inc()
+        if since is not None:
+            metrics.resumes.labels(notice.reason if notice else "exact").inc()
         try:
             # A first comment flushes the headers through proxies and tells the client it is live.
             yield encode_comment("hq-gateway stream")
@@ -44,6 +48,7 @@ async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[by
                 try:
                     batch = await sub.next_batch(timeout=keepalive)
                 except SubscriberStale as exc:
+                    metrics.disconnects.labels(exc.reason).inc()
                     if exc.reason == "shutdown":
                         yield encode_comment("server shutting down; reconnect with Last-Event-ID")
                     else:
@@ -52,7 +57,9 @@ async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[by
                     return
                 if batch:
                     yield b"".join([env.sse for env in batch])
+                    metrics.delivered.labels("sse").inc(len(batch))
                 else:
                     yield b": keepalive\n\n"
         finally:
+            metrics.viewers.labels("sse").dec()
             gw.hub.unsubscribe(sub)

@@ -13,11 +13,24 @@ from typing import Any, Protocol
 from gateway.envelope import ConversationInfo, Envelope, HqEvent, Mapping, TurnState, normalize
 from gateway.errors import UpstreamFatal
 from gateway.journal.base import Journal
+from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavailable
 
 log = logging.getLogger("gateway.upstream")
 
 RECENT_IDS = 1024
+KNOWN_EVENTS = frozenset(
+    ("status", "agent_active", "tool_call", "tool_result", "text_delta", "token_usage", "final", "error", "done")
+)
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label for a reconnect reason."""
+    text = reason.lower()
+    for label in ("stale", "stream ended", "no bytes", "answered 5", "connect", "read", "remote"):
+        if label in text:
+            return label.replace(" ", "_")
+    return "other"
 
 
 class Sink(Protocol):
@@ -46,6 +59,7 @@ class ConversationUpstream:
         sink: Sink,
         mapping: Mapping,
         backoff: Backoff,
+        metrics: Metrics | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.conversation_id = conversation_id
@@ -54,6 +68,7 @@ class ConversationUpstream:
         self._sink = sink
         self._mapping = mapping
         self._backoff = backoff
+        self._metrics = metrics or Metrics()
         self._clock_ms = clock_ms
         self.state = UpstreamState.CONNECTING
         self.connected = asyncio.Event()
@@ -79,6 +94,8 @@ class ConversationUpstream:
                 async with self._hq.open_stream(self.conversation_id, self.cursor) as events:
                     self.state = UpstreamState.LIVE
                     self.connected.set()
+                    self._metrics.upstream_connects.inc()
+                    self._metrics.upstream_connected.inc()
                     self._backoff.reset()
                     log.info("upstream live conversation=%s cursor=%s", self.conversation_id, self.cursor)
                     if down_since is not None:
@@ -86,17 +103,18 @@ class ConversationUpstream:
                         down_since = None
                         await self.originate("gateway.upstream_restored", {
                             "message": f"upstream restored after {down_for:.1f}s", "recoverable": True})  # fmt: skip
+                    reason = "stream ended"
                     async for item in events:
                         if isinstance(item, RetryHint):
                             self._backoff.floor_s = min(item.delay_s, self._backoff.max_s * 4)
                         elif item.name == "stale":
                             log.info("upstream says stale conversation=%s: reconnecting", self.conversation_id)
+                            reason = "stale"
                             break
                         else:
                             await self._accept(item)
-                reason = "stream ended"
             except UpstreamFatal as exc:
-                self.connected.clear()
+                self._disconnected()
                 self.state = UpstreamState.FAILED
                 log.warning("upstream refused conversation=%s: %s", self.conversation_id, exc)
                 await self.originate("gateway.upstream_error", {
@@ -108,16 +126,23 @@ class ConversationUpstream:
                     down_since = time.monotonic()
                     await self.originate("gateway.upstream_error", {
                         "message": f"upstream unavailable: {reason}", "recoverable": True})  # fmt: skip
-            self.connected.clear()
+            self._disconnected()
             self.state = UpstreamState.BACKOFF
             self.reconnects += 1
+            self._metrics.upstream_reconnects.labels(_reason_label(reason)).inc()
             delay = self._backoff.next_delay()
             log.info("upstream reconnect conversation=%s in %.2fs: %s", self.conversation_id, delay, reason)
             await asyncio.sleep(delay)
 
+    def _disconnected(self) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self._metrics.upstream_connected.dec()
+
     async def _load(self) -> None:
         head = await self._journal.head(self.conversation_id)
-        self.seq, self.cursor = head.seq, head.cursor
+        # A new journal incarnation starts at the wall clock in ms (see JournalHead).
+        self.seq, self.cursor = head.seq or self._clock_ms(), head.cursor
         if self.cursor is not None:
             self._remember(self.cursor)
         if not head.empty:
@@ -152,6 +177,7 @@ class ConversationUpstream:
             self._last_numeric = max(self._last_numeric, int(event_id))
 
     async def _accept(self, event: HqEvent) -> None:
+        self._metrics.events_in.labels(event.name if event.name in KNOWN_EVENTS else "other").inc()
         if self._is_duplicate(event.id):
             return
         if event.id is not None:

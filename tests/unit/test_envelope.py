@@ -11,7 +11,8 @@ NOW = 1_771_064_521_102  # 2026-02-14T10:22:01.102Z
 MAPPING = load_mapping()
 
 
-def run(events: list[HqEvent], turn: TurnState = TurnState()) -> list[dict]:
+def run(events: list[HqEvent], turn: TurnState | None = None) -> list[dict]:
+    turn = turn or TurnState()
     out = []
     seq = 0
     for ev in events:

@@ -143,3 +143,22 @@ def test_unsubscribe_and_close_all() -> None:
             await b.next_batch()
 
     run(t)
+
+
+def test_journal_starting_at_a_large_seq() -> None:
+    base = 1_771_064_521_102
+
+    async def t(journal: MemoryJournal, hub: Hub) -> None:
+        early, _ = await hub.subscribe(C, None)  # before the journal exists
+        zero, _ = await hub.subscribe(C, 0)
+        await emit(journal, hub, base + 1, base + 2)
+        assert await drain(early, base + 2) == [base + 1, base + 2]
+        assert await drain(zero, base + 2) == [base + 1, base + 2]
+        late, notice = await hub.subscribe(C, 0)
+        assert notice is None and await drain(late, base + 2) == [base + 1, base + 2]
+        # A cursor from an earlier incarnation of the journal is never silently resumed.
+        old, notice = await hub.subscribe(C, 57)
+        assert notice == StaleNotice(57, base + 1, base + 2, "expired")
+        assert await drain(old, base + 2) == [base + 1, base + 2]
+
+    run(t)

@@ -1,0 +1,43 @@
+"""The contract between message transports (WebSocket, SockJS) and protocol handlers (STOMP).
+
+A transport accepts a connection, calls a ``HandlerFactory`` with a ``Pipe`` for writing, then feeds
+the handler each inbound message and, exactly once when the connection ends for any reason
+(including the handler's own ``Pipe.close``), ``on_close``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What a handler may know about the peer."""
+
+    transport: str  # "websocket" | "sockjs-websocket" | "xhr-streaming" | "xhr-polling" | "eventsource"
+    client: str  # "host:port" of the peer
+    headers: Mapping[str, str]  # request headers (lower-case names), for auth/origin checks
+    query: Mapping[str, str]
+
+
+class Pipe(Protocol):
+    """The outbound half of a connection; sends after close are dropped silently."""
+
+    async def send(self, message: str) -> None: ...  # one protocol message (e.g. one STOMP frame as text)
+
+    async def send_many(self, messages: list[str]) -> None: ...  # a burst: one SockJS frame, fewer writes
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class PipeHandler(Protocol):
+    """The inbound half: a protocol session fed one message at a time."""
+
+    async def on_message(self, message: str) -> None: ...
+
+    async def on_close(self) -> None: ...
+
+
+HandlerFactory = Callable[[Pipe, ConnectionInfo], Awaitable[PipeHandler]]
