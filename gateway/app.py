@@ -12,7 +12,12 @@ from gateway.api import conversation, health
 from gateway.config import Settings
 from gateway.metrics import metrics_endpoint
 from gateway.runtime import Gateway
+from gateway.transports.pipe import ConnectionInfo, Pipe
+from gateway.transports.sockjs_http import sockjs_routes
 from gateway.transports.sse_endpoint import stream_endpoint
+from gateway.transports.stomp_connection import StompConnection
+
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 
 
 def routes() -> list[BaseRoute]:
@@ -37,6 +42,22 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         finally:
             await gw.close()
 
-    app = Starlette(routes=routes(), lifespan=lifespan)
+    async def stomp_factory(pipe: Pipe, info: ConnectionInfo) -> StompConnection:
+        return StompConnection(gw, pipe, info)
+
+    origins = [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]
+    stomp = sockjs_routes(
+        "/ws-convengine",
+        stomp_factory,
+        heartbeat_s=settings.sockjs_heartbeat_s,
+        disconnect_delay_s=settings.sockjs_disconnect_delay_s,
+        allowed_origins=origins,
+        max_message_bytes=settings.stomp_max_frame_bytes,
+        max_queue=settings.queue_max_messages,
+        subprotocols=STOMP_SUBPROTOCOLS,
+        raw_at_prefix=True,
+    )
+    gw.on_drain.append(stomp.server.close_all)
+    app = Starlette(routes=[*routes(), *stomp], lifespan=lifespan)
     app.state.gateway = gw
     return app

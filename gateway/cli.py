@@ -35,7 +35,7 @@ class GatewayServer(uvicorn.Server):
 
     async def shutdown(self, sockets: Any = None) -> None:
         if self._gateway is not None:
-            self._gateway.begin_shutdown()
+            await self._gateway.drain()
         await super().shutdown(sockets)
 
 

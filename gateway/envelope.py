@@ -154,6 +154,7 @@ class Envelope:
     scope: str = ""  # "", "diagnostic" or "accounting": what a user-scope viewer may not see
     user_body: bytes | None = None  # body with user-hidden fields stripped, when it differs
     _sse: bytes | None = field(default=None, repr=False)
+    stomp: object | None = field(default=None, repr=False)  # the transport's shared MESSAGE template
 
     @property
     def sse(self) -> bytes:

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -58,6 +59,8 @@ class Gateway:
         self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._drained = False
+        self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._submissions: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def remember_submission(self, conversation_id: str, key: str) -> bool:
@@ -115,8 +118,18 @@ class Gateway:
             self.shutting_down.set()
             self.hub.close_all("shutdown")
 
-    async def close(self) -> None:
+    async def drain(self) -> None:
+        """Shutdown, first half: close every viewer politely while the server still runs."""
+        if self._drained:
+            return
+        self._drained = True
         self.begin_shutdown()
+        for hook in self.on_drain:
+            with suppress(Exception):
+                await hook()
+
+    async def close(self) -> None:
+        await self.drain()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

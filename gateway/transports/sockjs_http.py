@@ -55,6 +55,10 @@ class SockJsOptions:
     cookie_needed: bool = False
     response_limit: int = 128 * 1024  # bytes before a streaming response ends so the client GCs it
     max_sessions: int = 10_000
+    # WebSocket subprotocols the app speaks, preferred first (e.g. v12.stomp); offered → chosen.
+    subprotocols: tuple[str, ...] = ()
+    # Also serve the raw (unframed) WebSocket at the prefix itself, as Spring's endpoint does.
+    raw_at_prefix: bool = False
 
     def __post_init__(self) -> None:
         limits = ("heartbeat_s", "disconnect_delay_s", "max_message_bytes", "max_queue", "response_limit")
@@ -292,7 +296,9 @@ class SockJsServer:
 
     def routes(self) -> list[BaseRoute]:
         p = self.prefix
+        raw = [WebSocketRoute(p or "/", self._raw_websocket)] if self.options.raw_at_prefix else []
         return [
+            *raw,
             Route(p or "/", self._greeting, methods=["GET"]),
             Route(p + "/", self._greeting, methods=["GET"]),
             Route(p + "/info", self._info, methods=["GET", "OPTIONS"]),
@@ -376,7 +382,10 @@ class SockJsServer:
     async def _admit(self, ws: WebSocket) -> bool:
         """Accept the handshake, or refuse it; servers answer a close before accept with 403."""
         if self.origin_allowed(ws.headers.get("origin")) and not self._closing:
-            await ws.accept()
+            offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+            chosen = next((p for p in self.options.subprotocols if p in offered), None)
+            # A client offering none of ours (or none at all) is still served: STOMP needs no subprotocol.
+            await ws.accept(subprotocol=chosen)
             return True
         # Not send_denial_response: uvicorn's websockets-sansio logs a false error after it.
         await ws.close(1008)
@@ -625,6 +634,8 @@ def sockjs_routes(
     cookie_needed: bool = False,
     response_limit: int = 128 * 1024,
     max_sessions: int = 10_000,
+    subprotocols: tuple[str, ...] = (),
+    raw_at_prefix: bool = False,
 ) -> SockJsRoutes:
     """Routes serving SockJS under ``prefix``; ``.server`` on the result gives ``close_all()``."""
     origins = None
@@ -639,5 +650,7 @@ def sockjs_routes(
         cookie_needed=cookie_needed,
         response_limit=response_limit,
         max_sessions=max_sessions,
+        subprotocols=subprotocols,
+        raw_at_prefix=raw_at_prefix,
     )
     return SockJsRoutes(SockJsServer(prefix, factory, options))

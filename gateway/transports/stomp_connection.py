@@ -1,0 +1,233 @@
+"""One STOMP session over any message pipe (raw WebSocket or SockJS), bound to the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+
+from gateway.envelope import Envelope
+from gateway.hub import StaleNotice, Subscriber, SubscriberStale
+from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.protocols.stomp import (
+    ConnectRequest,
+    DisconnectRequest,
+    MessageTemplate,
+    ProtocolViolation,
+    SendRequest,
+    SessionState,
+    StompServerSession,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+from gateway.runtime import Gateway
+from gateway.transports.pipe import ConnectionInfo, Pipe
+
+log = logging.getLogger("gateway.stomp")
+
+DESTINATION = re.compile(r"^/topic/convengine/audit/(?P<id>[^/]+)$")
+TOPIC_PREFIX = "/topic/convengine/audit/"
+
+
+def destination_of(conversation: str) -> str:
+    return TOPIC_PREFIX + conversation
+
+
+def template_for(env: Envelope, destination: str) -> MessageTemplate:
+    """The MESSAGE tail of one envelope, encoded once and shared by every STOMP subscriber."""
+    template = env.stomp
+    if not isinstance(template, MessageTemplate):
+        template = env.stomp = MessageTemplate(destination=destination, body=env.body, seq=env.seq)
+    return template
+
+
+@dataclass(slots=True)
+class _Subscription:
+    conversation: str
+    subscriber: Subscriber
+    task: asyncio.Task[None] | None = None
+
+
+class StompConnection:
+    """PipeHandler: feeds the sans-I/O session, acts on its events, delivers envelopes."""
+
+    def __init__(self, gw: Gateway, pipe: Pipe, info: ConnectionInfo) -> None:
+        s = gw.settings
+        self._gw = gw
+        self._pipe = pipe
+        self._info = info
+        self.session = StompServerSession(
+            server_name="hq-gateway/0.1",
+            heartbeat_ms=(s.stomp_heartbeat_ms, s.stomp_heartbeat_ms),
+            max_subscriptions=s.stomp_max_subscriptions,
+            max_frame_bytes=s.stomp_max_frame_bytes,
+            max_headers=s.stomp_max_headers,
+        )
+        self._subs: dict[str, _Subscription] = {}
+        self._write_lock = asyncio.Lock()
+        self._last_in = self._last_out = time.monotonic()
+        self._closed = False
+        self._timer = asyncio.create_task(self._keepalive(), name="stomp-keepalive")
+        gw.metrics.connections.labels(info.transport).inc()
+
+    async def on_message(self, message: str) -> None:
+        self._last_in = time.monotonic()
+        for event in self.session.receive_data(message.encode()):
+            if isinstance(event, ConnectRequest):
+                self.session.accept_connect()
+            elif isinstance(event, SubscribeRequest):
+                await self._subscribe(event)
+            elif isinstance(event, UnsubscribeRequest):
+                self._unsubscribe(event.id)
+            elif isinstance(event, SendRequest):
+                self.session.reject(
+                    f"SEND is not supported: {event.destination[:200]} is a read-only stream; "
+                    "submit turns with POST /api/v1/conversation/message",
+                    event.receipt,
+                )
+            elif isinstance(event, DisconnectRequest | ProtocolViolation):
+                if isinstance(event, ProtocolViolation):
+                    log.info("stomp protocol violation client=%s: %s", self._info.client, event.message)
+                break
+        await self._flush()
+        if self.session.state is SessionState.CLOSED:
+            await self._pipe.close(1000, "")
+
+    async def _subscribe(self, req: SubscribeRequest) -> None:
+        match = DESTINATION.match(req.destination)
+        if match is None:
+            self.session.reject(f"Unknown destination {req.destination[:200]!r}: subscribe to "
+                                f"{TOPIC_PREFIX}<conversationId>", req.receipt)  # fmt: skip
+            return
+        try:
+            conv = conversation_id(match.group("id"))
+            since = seq_cursor(_header(req, "since-seq"), "since-seq")
+        except BadRequest as exc:
+            self.session.reject(str(exc), req.receipt)
+            return
+        upstream_holder = self._gw.upstreams
+        upstream_holder.hold(conv)
+        subscriber, notice = await self._gw.hub.subscribe(conv, since)
+        # Decide even when a DISCONNECT packed behind this SUBSCRIBE already closed the session:
+        # its RECEIPT still goes out in order; the subscription itself is then not registered.
+        self.session.accept_subscribe(req)
+        if req.id not in self.session.subscriptions or self._closed:
+            self._gw.hub.unsubscribe(subscriber)
+            upstream_holder.release(conv)
+            return
+        entry = self._subs[req.id] = _Subscription(conv, subscriber)
+        metrics = self._gw.metrics
+        metrics.viewers.labels(self._info.transport).inc()
+        if since is not None:
+            metrics.resumes.labels(notice.reason if notice else "exact").inc()
+        # The RECEIPT must precede the first MESSAGE: flush before delivery starts.
+        await self._flush()
+        entry.task = asyncio.create_task(self._deliver(req.id, entry, notice), name=f"stomp-deliver:{conv}")
+
+    def _unsubscribe(self, sub_id: str) -> None:
+        entry = self._subs.pop(sub_id, None)
+        if entry is None:
+            return
+        if entry.task is not None and entry.task is not asyncio.current_task():
+            entry.task.cancel()
+        self._gw.hub.unsubscribe(entry.subscriber)
+        self._gw.upstreams.release(entry.conversation)
+        self._gw.metrics.viewers.labels(self._info.transport).dec()
+
+    async def _deliver(self, sub_id: str, entry: _Subscription, notice: StaleNotice | None) -> None:
+        destination = destination_of(entry.conversation)
+        session = self.session
+        delivered = self._gw.metrics.delivered.labels(self._info.transport)
+        try:
+            while True:
+                batch = await entry.subscriber.next_batch()
+                frames: list[bytes] = []
+                for env in batch:
+                    if notice is not None:
+                        # DESIGN: a resume that is not exact says so on its first MESSAGE.
+                        stale = f"oldest={notice.oldest},newest={notice.newest},reason={notice.reason}"
+                        frames.append(session.message(sub_id, destination, env.body, env.seq, (("stale", stale),)))
+                        notice = None
+                    else:
+                        frames.append(session.render(template_for(env, destination), sub_id))
+                await self._write([f.decode() for f in frames])
+                delivered.inc(len(frames))
+        except SubscriberStale as exc:
+            await self._cut_loose(exc)
+        except KeyError:
+            pass  # unsubscribed while a batch was in flight
+
+    async def _cut_loose(self, exc: SubscriberStale) -> None:
+        self._gw.metrics.disconnects.labels(exc.reason).inc()
+        if exc.reason == "shutdown":
+            await self._pipe.close(1001, "server shutting down; reconnect and resume with since-seq")
+            return
+        self.session.reject(
+            f"{exc.reason} consumer: cut loose to protect other viewers; resume with since-seq:{exc.cursor}"
+        )
+        await self._flush()
+        await self._pipe.close(1008, f"stale: {exc.reason}")
+
+    async def _keepalive(self) -> None:
+        """Heart-beats out, dead-peer detection in, CONNECT timeout (STOMP 1.2 §Heart-beating)."""
+        settings = self._gw.settings
+        connect_deadline = time.monotonic() + settings.stomp_connect_timeout_s
+        while not self._closed:
+            session = self.session
+            send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
+            tick = min(x for x in (send_ms / 2000, timeout_ms / 4000, 1.0) if x > 0)
+            if session.state is SessionState.AWAIT_CONNECT:
+                tick = min(0.1, settings.stomp_connect_timeout_s / 4)
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if session.state is SessionState.AWAIT_CONNECT and now > connect_deadline:
+                session.reject("no CONNECT frame in time")
+                await self._flush()
+                await self._pipe.close(1008, "connect timeout")
+                return
+            if timeout_ms and now - self._last_in > timeout_ms / 1000:
+                log.info("stomp peer silent for %.1fs, closing client=%s", now - self._last_in, self._info.client)
+                await self._pipe.close(1001, "heart-beat timeout")
+                return
+            if send_ms and now - self._last_out >= send_ms / 1000:
+                await self._write([session.heartbeat_bytes().decode()])
+
+    async def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            await self._write([data.decode()])
+
+    async def _write(self, messages: list[str]) -> None:
+        async with self._write_lock:
+            if len(messages) == 1:
+                await self._pipe.send(messages[0])
+            else:
+                await self._pipe.send_many(messages)
+            self._last_out = time.monotonic()
+
+    async def on_close(self) -> None:
+        self._closed = True
+        self._timer.cancel()
+        for sub_id in list(self._subs):
+            entry = self._subs[sub_id]
+            self._unsubscribe(sub_id)
+            if entry.task is not None:
+                with suppress(asyncio.CancelledError):
+                    await entry.task
+        with suppress(asyncio.CancelledError):
+            await self._timer
+        self._gw.metrics.connections.labels(self._info.transport).dec()
+
+
+def _header(req: SubscribeRequest, name: str) -> str | None:
+    for key, value in req.headers:
+        if key == name:
+            return value
+    return None
+
+
+async def stomp_handler_factory(gw: Gateway, pipe: Pipe, info: ConnectionInfo) -> StompConnection:
+    return StompConnection(gw, pipe, info)

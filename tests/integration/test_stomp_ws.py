@@ -1,0 +1,198 @@
+"""STOMP over a raw WebSocket at /ws-convengine: stomp.py's WSStompConnection and a bare websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import stomp
+import websockets
+
+from tests.clients import SseViewer, assert_dense, eventually
+from tests.integration.conftest import sim_stats, submit
+from tests.servers import ServerProcess
+
+
+class Collector(stomp.ConnectionListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.messages: list[tuple[dict[str, str], Any]] = []
+        self.errors: list[Any] = []
+        self.receipts: list[str] = []
+        self.lock = threading.Lock()
+
+    def on_message(self, frame: Any) -> None:
+        with self.lock:
+            self.messages.append((frame.headers, json.loads(frame.body)))
+
+    def on_error(self, frame: Any) -> None:
+        self.errors.append(frame)
+
+    def on_receipt(self, frame: Any) -> None:
+        self.receipts.append(frame.headers["receipt-id"])
+
+
+def stomp_py_client(gw: ServerProcess) -> tuple[Any, Collector]:
+    host, port = gw.url.removeprefix("http://").split(":")
+    conn = stomp.WSStompConnection([(host, int(port))], ws_path="/ws-convengine", heartbeats=(2000, 2000))
+    listener = Collector()
+    conn.set_listener("c", listener)
+    conn.connect(wait=True)
+    return conn, listener
+
+
+def wait(predicate: Any, timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.02)
+
+
+def test_stomp_py_ws_receives_every_envelope_over_one_upstream(
+    gateway: ServerProcess, simulator: ServerProcess, conv: str
+) -> None:
+    clients = [stomp_py_client(gateway) for _ in range(3)]
+    for i, (conn, listener) in enumerate(clients):
+        conn.subscribe(f"/topic/convengine/audit/{conv}", id=f"sub-{i}", ack="auto", receipt=f"r-{i}")
+        wait(lambda listener=listener, i=i: f"r-{i}" in listener.receipts, what="subscribe receipt")
+    assert submit(gateway, conv, "stomp turn [deltas=12] [tools=1]").status_code == 202
+    for _, listener in clients:
+        wait(lambda listener=listener: any(m[1]["stage"] == "ENGINE_RETURN" for m in listener.messages), 15, "turn")
+    first = clients[0][1].messages
+    seqs = [int(h["seq"]) for h, _ in first]
+    assert_dense(seqs)
+    for headers, body in first:
+        assert headers["destination"] == f"/topic/convengine/audit/{conv}"
+        assert headers["content-type"] == "application/json"
+        assert headers["subscription"] == "sub-0"
+        assert int(headers["seq"]) == (body["auditId"] or body["verbose"]["verboseId"])
+    for _, listener in clients[1:]:
+        assert [b for _, b in listener.messages] == [b for _, b in first]
+    assert first[0][1]["stage"] == "USER_INPUT"
+    assert sim_stats(simulator)["open_streams"][conv] == 1
+    for conn, listener in clients:
+        assert not listener.errors
+        conn.disconnect()
+
+
+def test_sse_and_stomp_viewers_share_one_upstream_and_one_cursor(
+    gateway: ServerProcess, simulator: ServerProcess, conv: str
+) -> None:
+    conn, listener = stomp_py_client(gateway)
+    conn.subscribe(f"/topic/convengine/audit/{conv}", id="s", receipt="ok")
+    wait(lambda: "ok" in listener.receipts)
+
+    async def main() -> None:
+        viewer = SseViewer(gateway.url, conv).start()
+        await viewer.wait_connected()
+        assert submit(gateway, conv, "mixed [deltas=6]").status_code == 202
+        await viewer.wait_for_stage("ENGINE_RETURN")
+        await eventually(lambda: len(listener.messages) == len(viewer.events), 10, "stomp catches up")
+        assert [int(h["seq"]) for h, _ in listener.messages] == viewer.seqs
+        assert sim_stats(simulator)["stream_opens"][conv] == 1
+        # A seq seen over SSE resumes over STOMP: one cursor for every transport.
+        mid = viewer.seqs[3]
+        conn2, l2 = stomp_py_client(gateway)
+        conn2.subscribe(f"/topic/convengine/audit/{conv}", id="r", headers={"since-seq": str(mid)})
+        await eventually(lambda: len(l2.messages) == len(viewer.seqs) - 4, 10, "resumed replay")
+        assert [int(h["seq"]) for h, _ in l2.messages] == viewer.seqs[4:]
+        conn2.disconnect()
+        await viewer.stop()
+
+    asyncio.run(main())
+    conn.disconnect()
+
+
+async def _raw(url: str, *frames: str, subprotocols: list[str] | None = None, expect: int = 1) -> list[str]:
+    """Send raw frames; return the server's frames (several may share one WebSocket message)."""
+    got: list[str] = []
+    async with websockets.connect(url, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
+        for f in frames:
+            await ws.send(f)
+        try:
+            async with asyncio.timeout(5):
+                while len(got) < expect:
+                    got += [f + "\x00" for f in str(await ws.recv()).split("\x00") if f.strip("\n")]
+        except websockets.ConnectionClosed:
+            pass
+    return got
+
+
+def test_raw_websocket_subprotocols_errors_and_receipts(gateway: ServerProcess, conv: str) -> None:
+    ws_url = gateway.url.replace("http://", "ws://") + "/ws-convengine"
+
+    async def main() -> None:
+        async with websockets.connect(ws_url, subprotocols=["v10.stomp", "v12.stomp"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "v12.stomp"
+            await ws.send("CONNECT\naccept-version:1.2\nhost:x\nheart-beat:0,0\n\n\x00")
+            connected = str(await ws.recv())
+            assert (
+                connected.startswith("CONNECTED\n") and "version:1.2" in connected and "server:hq-gateway" in connected
+            )
+        async with websockets.connect(ws_url) as ws:  # no subprotocol at all: still served
+            assert ws.subprotocol is None
+        connect = "CONNECT\naccept-version:1.1,1.2\nhost:x\n\n\x00"
+        out = await _raw(ws_url, connect, "SUBSCRIBE\nid:1\ndestination:/queue/nope\nreceipt:9\n\n\x00", expect=2)
+        assert out[1].startswith("ERROR\n") and "Unknown destination" in out[1] and "receipt-id:9" in out[1]
+        out = await _raw(ws_url, connect, "SUBSCRIBE\nid:1\ndestination:/topic/convengine/audit/xyz\n\n\x00", expect=2)
+        assert out[1].startswith("ERROR\n") and "UUID" in out[1]
+        out = await _raw(ws_url, connect, f"SEND\ndestination:/topic/convengine/audit/{conv}\n\nhi\x00", expect=2)
+        assert out[1].startswith("ERROR\n") and "SEND is not supported" in out[1]
+        sub = f"SUBSCRIBE\nid:a\ndestination:/topic/convengine/audit/{conv}\nreceipt:r1\n\n\x00"
+        out = await _raw(ws_url, connect + sub + "DISCONNECT\nreceipt:bye\n\n\x00", expect=3)
+        assert out[1].startswith("RECEIPT\nreceipt-id:r1") and out[2].startswith("RECEIPT\nreceipt-id:bye")
+        out = await _raw(ws_url, "SUBSCRIBE\nid:1\ndestination:/x\n\n\x00", expect=1)
+        assert out[0].startswith("ERROR\n")  # frames before CONNECT
+
+    asyncio.run(main())
+
+
+def test_split_frames_heartbeats_and_dead_peer(simulator: ServerProcess, start_gateway: Any, conv: str) -> None:
+    gw = start_gateway(simulator.url, GATEWAY_STOMP_HEARTBEAT_MS="100")
+    ws_url = gw.url.replace("http://", "ws://") + "/ws-convengine"
+
+    async def main() -> None:
+        async with websockets.connect(ws_url, subprotocols=["v12.stomp"]) as ws:  # type: ignore[list-item]
+            frame = "CONNECT\naccept-version:1.2\nhost:x\nheart-beat:100,100\n\n\x00"
+            for i in range(0, len(frame), 7):  # one frame split across many WebSocket messages
+                await ws.send(frame[i : i + 7])
+            connected = str(await ws.recv())
+            assert "heart-beat:100,100" in connected
+
+            async def beat() -> None:
+                while True:
+                    await ws.send("\n")
+                    await asyncio.sleep(0.05)
+
+            beating = asyncio.create_task(beat())
+            beats = 0
+            async with asyncio.timeout(5):
+                while beats < 5:  # heart-beats both ways keep the session alive
+                    beats += str(await ws.recv()) == "\n"
+            beating.cancel()
+            # Now go silent: the server must call us dead after about 2 x 100 ms.
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                try:
+                    while True:
+                        await ws.recv()
+                except websockets.ConnectionClosed as closed:
+                    assert closed.rcvd is not None and "heart-beat" in closed.rcvd.reason
+            assert time.monotonic() - started < 2
+
+    asyncio.run(main())
+
+
+def test_connect_timeout(simulator: ServerProcess, start_gateway: Any) -> None:
+    gw = start_gateway(simulator.url, GATEWAY_STOMP_CONNECT_TIMEOUT_S="0.3")
+    ws_url = gw.url.replace("http://", "ws://") + "/ws-convengine"
+
+    async def main() -> None:
+        async with websockets.connect(ws_url) as ws:
+            async with asyncio.timeout(5):
+                error = str(await ws.recv())
+            assert error.startswith("ERROR\n") and "no CONNECT frame in time" in error
+
+    asyncio.run(main())
