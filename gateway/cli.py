@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -41,6 +41,15 @@ class GatewayServer(uvicorn.Server):
 
 class QuietServer(uvicorn.Server):
     """A second server in the same process: the first one owns the signal handlers."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__(config)
+        self._drain = drain
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        if self._drain is not None:
+            await self._drain()  # end streaming responses, or uvicorn waits for them
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -79,12 +88,12 @@ def _serve(settings: Settings) -> int:
 
 async def _demo(settings: Settings, sim_port: int) -> None:
     from gateway.app import create_app
-    from gateway.simulator.app import SimulatorConfig
+    from gateway.simulator.app import SimulatorConfig, simulated_hq
     from gateway.simulator.app import create_app as create_simulator
 
     settings = settings.replace(hq_base_url=f"http://127.0.0.1:{sim_port}")
-    sim = QuietServer(_uvicorn_config(create_simulator(SimulatorConfig(token=settings.hq_token)),
-                                      "127.0.0.1", sim_port, "warning"))  # fmt: skip
+    sim_app = create_simulator(SimulatorConfig(token=settings.hq_token))
+    sim = QuietServer(_uvicorn_config(sim_app, "127.0.0.1", sim_port, "warning"), simulated_hq(sim_app).aclose)
     app = create_app(settings)
     gw_server = GatewayServer(
         _uvicorn_config(app, settings.host, settings.port, settings.log_level), app.state.gateway, (sim,)
