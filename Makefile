@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench clean venv
+.PHONY: demo run test lint fmt bench clean venv rabbitmq-stomp
 
 venv: $(STAMP)
 
@@ -14,13 +14,49 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) vendor
 	$(BIN)/hq-gateway demo
 
-run: $(STAMP)
+run: $(STAMP) vendor
 	$(BIN)/hq-gateway serve --config config/gateway.toml
 
-test: $(STAMP)
+NODE_STAMP := tests/node/node_modules/.installed
+
+# Node STOMP clients for tests/integration/test_node_clients.py, exactly as locked.
+$(NODE_STAMP): tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+# Browser bundles of @stomp/stompjs and sockjs-client for the live console's STOMP mode (/console), copied from
+# console/node_modules as locked in console/package-lock.json: no CDN, nothing minified committed.
+CONSOLE_STAMP := console/node_modules/.installed
+VENDOR_DIR := gateway/static/vendor
+
+$(CONSOLE_STAMP): console/package-lock.json
+	cd console && npm ci --no-audit --no-fund --silent
+	touch $(CONSOLE_STAMP)
+
+$(VENDOR_DIR)/stomp.umd.min.js: $(CONSOLE_STAMP)
+	mkdir -p $(@D) && cp console/node_modules/@stomp/stompjs/bundles/stomp.umd.min.js $@
+	cp console/node_modules/@stomp/stompjs/LICENSE $(@D)/stompjs.LICENSE
+
+$(VENDOR_DIR)/sockjs.min.js: $(CONSOLE_STAMP)
+	mkdir -p $(@D) && cp console/node_modules/sockjs-client/dist/sockjs.min.js $@
+	cp console/node_modules/sockjs-client/LICENSE $(@D)/sockjs-client.LICENSE
+
+.PHONY: vendor chromium
+vendor: $(VENDOR_DIR)/stomp.umd.min.js $(VENDOR_DIR)/sockjs.min.js
+
+# Debian's headless Chromium for tests/integration/test_console_browser.py (skips without it; fails under CI).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null) || echo "chromium not installed (needs root)"
+
+# RabbitMQ's STOMP plugins for tests/integration/test_bridge_rabbitmq.py, when RabbitMQ is installed here.
+rabbitmq-stomp:
+	@if command -v rabbitmq-plugins >/dev/null 2>&1; then rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp >/dev/null 2>&1 || true; fi
+
+test: $(STAMP) $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: hq-gateway serve | simulate | demo."""
+"""Command line: hq-gateway serve | simulate | demo | token."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
@@ -13,9 +14,12 @@ from typing import Any
 
 import uvicorn
 
+from gateway.auth import ALL, Scope, mint_token
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.ids import BadRequest, conversation_id
 from gateway.logs import configure
+from gateway.transports.http_head import bounded_http_protocol
 
 DEFAULT_CONFIG = "config/gateway.toml"
 
@@ -56,7 +60,14 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: Any, host: str, port: int, level: str) -> uvicorn.Config:
+def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settings | None = None) -> uvicorn.Config:
+    limits: dict[str, Any] = {}
+    if settings is not None:  # hostile input: bounded request heads and WebSocket messages
+        limits = {
+            "http": bounded_http_protocol(settings.max_header_bytes),
+            "h11_max_incomplete_event_size": settings.max_header_bytes,
+            "ws_max_size": settings.stomp_max_frame_bytes + 1024,
+        }
     return uvicorn.Config(
         app,
         host=host,
@@ -67,6 +78,7 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str) -> uvicorn.Confi
         timeout_graceful_shutdown=5,
         ws="websockets-sansio",
         access_log=False,
+        **limits,
     )
 
 
@@ -76,13 +88,36 @@ def _load(path: str | None) -> Settings:
     return load_settings(path)
 
 
+def listen_socket(settings: Settings) -> socket.socket:
+    """The listening socket; accepted viewer sockets inherit its SO_SNDBUF (Linux).
+
+    A bounded kernel send buffer keeps a slow viewer's backlog in the gateway's own queue, where
+    reply deltas can be coalesced, instead of megabytes of kernel memory nobody can merge.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.socket_sndbuf_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf_bytes)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"GATEWAY_HOST/GATEWAY_PORT: cannot listen on {settings.host}:{settings.port}: {exc}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _serve(settings: Settings) -> int:
     from gateway.app import create_app
 
+    sock = listen_socket(settings)
     app = create_app(settings)
     gw = app.state.gateway
-    server = GatewayServer(_uvicorn_config(app, settings.host, settings.port, settings.log_level), gw)
-    server.run()
+    server = GatewayServer(_uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), gw)
+    server.run(sockets=[sock])
     return 0
 
 
@@ -96,7 +131,7 @@ async def _demo(settings: Settings, sim_port: int) -> None:
     sim = QuietServer(_uvicorn_config(sim_app, "127.0.0.1", sim_port, "warning"), simulated_hq(sim_app).aclose)
     app = create_app(settings)
     gw_server = GatewayServer(
-        _uvicorn_config(app, settings.host, settings.port, settings.log_level), app.state.gateway, (sim,)
+        _uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), app.state.gateway, (sim,)
     )
     base = f"http://{settings.host}:{settings.port}"
     print(
@@ -104,7 +139,7 @@ async def _demo(settings: Settings, sim_port: int) -> None:
         f"\n  try:       curl -N {base}/api/v1/conversation/stream/9bf7540a-b129-4685-a120-730e8a0cb94b\n",
         flush=True,
     )
-    await asyncio.gather(sim.serve(), gw_server.serve())
+    await asyncio.gather(sim.serve(), gw_server.serve(sockets=[listen_socket(settings)]))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,7 +154,39 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="gateway + simulator + console, memory store", description="Run the demo.")
     demo.add_argument("--config", help="TOML settings file")
     demo.add_argument("--simulator-port", type=int, default=8090, help="port of the simulator (8090)")
+    token = sub.add_parser(
+        "token", help="print a signed viewer JWT (auth mode jwt)", description="Print a signed viewer JWT."
+    )
+    token.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} when present)")
+    token.add_argument("--sub", required=True, help="the viewer's subject (who), e.g. alice")
+    which = token.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conv", action="append", metavar="UUID", help="a conversation it may watch (repeatable)")
+    which.add_argument("--all", action="store_true", help='every conversation (convs: ["*"])')
+    token.add_argument("--scope", choices=[s.value for s in Scope], default="user", help="what it sees (user)")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.add_argument("--submit", action="store_true", help="also allow message submission")
+    token.add_argument("--private-key", metavar="PEM", help="private key file for RS*/PS*/ES*/EdDSA algorithms")
     return p
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    if not 1 <= args.ttl <= 366 * 86_400:
+        raise ConfigError("--ttl: expected 1 to 31622400 seconds")
+    try:
+        convs: list[str] | str = ALL if args.all else [conversation_id(c) for c in args.conv]
+    except BadRequest:
+        raise ConfigError("--conv: expected a conversation UUID") from None
+    pem = None
+    if args.private_key:
+        try:
+            with open(args.private_key) as fh:
+                pem = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"--private-key: cannot read {args.private_key}: {exc.strerror}") from None
+    token = mint_token(settings, subject=args.sub, conversations=convs, scope=Scope(args.scope), ttl_s=args.ttl,
+                       submit=args.submit, private_key_pem=pem)  # fmt: skip
+    print(token)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hq-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        return _serve(settings)
-    asyncio.run(_demo(settings, args.simulator_port))
+    try:
+        if args.command == "token":
+            return _token(args, settings)
+        configure(settings.log_level, settings.log_format)
+        if args.command == "serve":
+            return _serve(settings)
+        asyncio.run(_demo(settings, args.simulator_port))
+    except ConfigError as exc:
+        print(f"hq-gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

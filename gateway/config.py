@@ -7,14 +7,17 @@ its type and bounds. ``config/gateway.toml`` documents the same table for operat
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.bridge.target import parse_broker_url, parse_pin_policy
 from gateway.errors import ConfigError
 
 _Check = Callable[[Any], str | None]
@@ -64,8 +67,34 @@ def _url(*schemes: str, optional: bool = False) -> _Check:
     return check
 
 
+def _cookie_name(v: Any) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", v) else f"expected a cookie name, got {v!r}"
+
+
+def _file_or_empty(v: Any) -> str | None:
+    return None if v == "" or Path(v).is_file() else f"file not found: {v!r}"
+
+
 def _template(v: Any) -> str | None:
     return None if "{conversationId}" in v else f"must contain {{conversationId}}, got {v!r}"
+
+
+def _broker_url(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        parse_broker_url(v)
+    except ValueError as exc:
+        return str(exc)  # never echo the URL: it may carry the broker's password
+    return None
+
+
+def _pin_list(v: Any) -> str | None:
+    try:
+        parse_pin_policy(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -74,6 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", "server", "log_level", str, "info", _one_of("debug", "info", "warning", "error")),
     Setting("log_format", "server", "log_format", str, "human", _one_of("human", "json")),
     Setting("public_url", "server", "public_url", str, ""),
+    Setting("socket_sndbuf_bytes", "server", "socket_sndbuf_bytes", int, 131072, _range(0, 64 << 20)),
     Setting("hq_base_url", "hq", "base_url", str, "http://127.0.0.1:8090", _url("http", "https")),
     Setting("hq_token", "hq", "token", str, "hq_pat_simulator"),
     Setting("hq_connect_timeout_s", "hq", "connect_timeout_s", float, 5.0, _range(0.1, 120)),
@@ -89,6 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replay_max_events", "journal", "replay_max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("queue_max_messages", "hub", "queue_max_messages", int, 1_000, _range(1, 1_000_000)),
     Setting("queue_max_bytes", "hub", "queue_max_bytes", int, 1 << 20, _range(1024, 1 << 30)),
+    Setting("coalesce", "hub", "coalesce", bool, True),
+    Setting("coalesce_after", "hub", "coalesce_after", int, 64, _range(2, 1_000_000)),
     Setting("sse_keepalive_s", "sse", "keepalive_s", float, 15.0, _range(0.05, 300)),
     Setting("stomp_heartbeat_ms", "stomp", "heartbeat_ms", int, 10_000, _range(0, 3_600_000)),
     Setting("stomp_max_frame_bytes", "stomp", "max_frame_bytes", int, 64 * 1024, _range(256, 64 << 20)),
@@ -100,7 +132,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_mode", "auth", "mode", str, "none", _one_of("none", "jwt", "hq")),
     Setting("auth_allow_insecure_bind", "auth", "allow_insecure_bind", bool, False),
     Setting("allowed_origins", "auth", "allowed_origins", str, "*"),
-    Setting("bridge_url", "bridge", "url", str, "", _url("stomp", "stomp+ssl", optional=True)),
+    Setting("auth_cookie_name", "auth", "cookie_name", str, "hq_session", _cookie_name),
+    Setting("auth_jwt_algorithms", "auth", "jwt_algorithms", str, "HS256"),
+    Setting("auth_jwt_secret", "auth", "jwt_secret", str, ""),
+    Setting("auth_jwt_public_key_file", "auth", "jwt_public_key_file", str, "", _file_or_empty),
+    Setting("auth_jwt_jwks_file", "auth", "jwt_jwks_file", str, "", _file_or_empty),
+    Setting("auth_jwt_audience", "auth", "jwt_audience", str, "hq-gateway"),
+    Setting("auth_jwt_issuer", "auth", "jwt_issuer", str, ""),
+    Setting("auth_jwt_leeway_s", "auth", "jwt_leeway_s", float, 30.0, _range(0, 600)),
+    Setting("auth_hq_scope", "auth", "hq_scope", str, "user", _one_of("user", "integrator", "admin")),
+    Setting("auth_hq_cache_ttl_s", "auth", "hq_cache_ttl_s", float, 30.0, _range(0, 3600)),
+    Setting("auth_hq_negative_ttl_s", "auth", "hq_negative_ttl_s", float, 5.0, _range(0, 3600)),
+    Setting("auth_hq_cache_size", "auth", "hq_cache_size", int, 10_000, _range(1, 10_000_000)),
+    Setting("max_connections_per_client", "limits", "max_connections_per_client", int, 1000, _range(0, 1_000_000)),
+    Setting("max_header_bytes", "limits", "max_header_bytes", int, 16 * 1024, _range(1024, 1 << 20)),
+    Setting("submit_rate_per_s", "limits", "submit_rate_per_s", float, 2.0, _range(0.001, 100_000)),
+    Setting("submit_burst", "limits", "submit_burst", int, 20, _range(1, 100_000)),
+    Setting("bridge_url", "bridge", "url", str, "", _broker_url),
     Setting(
         "bridge_destination",
         "bridge",
@@ -109,6 +157,17 @@ SETTINGS: tuple[Setting, ...] = (
         "/topic/convengine.audit.{conversationId}",
         _template,
     ),
+    Setting("bridge_pin", "bridge", "pin", str, "", _pin_list),
+    Setting("bridge_window", "bridge", "window", int, 256, _range(1, 65_536)),
+    Setting("bridge_receipt_timeout_s", "bridge", "receipt_timeout_s", float, 10.0, _range(0.1, 3600)),
+    Setting("bridge_heartbeat_ms", "bridge", "heartbeat_ms", int, 10_000, _range(0, 3_600_000)),
+    Setting("bridge_backoff_initial_s", "bridge", "backoff_initial_s", float, 0.5, _range(0.001, 60)),
+    Setting("bridge_backoff_max_s", "bridge", "backoff_max_s", float, 30.0, _range(0.01, 600)),
+    Setting("bridge_submitted_linger_s", "bridge", "submitted_linger_s", float, 300.0, _range(0, 7 * 86_400)),
+    Setting("bridge_tls_ca_file", "bridge", "tls_ca_file", str, "", _file_or_empty),
+    Setting("bridge_tls_cert_file", "bridge", "tls_cert_file", str, "", _file_or_empty),
+    Setting("bridge_tls_key_file", "bridge", "tls_key_file", str, "", _file_or_empty),
+    Setting("bridge_tls_verify", "bridge", "tls_verify", bool, True),
     Setting("mapping_file", "normalize", "mapping_file", str, ""),
     Setting("unknown_events", "normalize", "unknown_events", str, "keep", _one_of("keep", "drop")),
 )
@@ -123,8 +182,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "human"
     public_url: str = ""
+    socket_sndbuf_bytes: int = 131072
     hq_base_url: str = "http://127.0.0.1:8090"
-    hq_token: str = "hq_pat_simulator"
+    hq_token: str = field(default="hq_pat_simulator", repr=False)
     hq_connect_timeout_s: float = 5.0
     hq_idle_timeout_s: float = 40.0
     hq_backoff_initial_s: float = 0.25
@@ -138,6 +198,8 @@ class Settings:
     replay_max_events: int = 10_000
     queue_max_messages: int = 1_000
     queue_max_bytes: int = 1 << 20
+    coalesce: bool = True
+    coalesce_after: int = 64
     sse_keepalive_s: float = 15.0
     stomp_heartbeat_ms: int = 10_000
     stomp_max_frame_bytes: int = 64 * 1024
@@ -149,8 +211,35 @@ class Settings:
     auth_mode: str = "none"
     auth_allow_insecure_bind: bool = False
     allowed_origins: str = "*"
-    bridge_url: str = ""
+    auth_cookie_name: str = "hq_session"
+    auth_jwt_algorithms: str = "HS256"
+    auth_jwt_secret: str = field(default="", repr=False)
+    auth_jwt_public_key_file: str = ""
+    auth_jwt_jwks_file: str = ""
+    auth_jwt_audience: str = "hq-gateway"
+    auth_jwt_issuer: str = ""
+    auth_jwt_leeway_s: float = 30.0
+    auth_hq_scope: str = "user"
+    auth_hq_cache_ttl_s: float = 30.0
+    auth_hq_negative_ttl_s: float = 5.0
+    auth_hq_cache_size: int = 10_000
+    max_connections_per_client: int = 1000
+    max_header_bytes: int = 16 * 1024
+    submit_rate_per_s: float = 2.0
+    submit_burst: int = 20
+    bridge_url: str = field(default="", repr=False)  # may carry the broker password
     bridge_destination: str = "/topic/convengine.audit.{conversationId}"
+    bridge_pin: str = ""
+    bridge_window: int = 256
+    bridge_receipt_timeout_s: float = 10.0
+    bridge_heartbeat_ms: int = 10_000
+    bridge_backoff_initial_s: float = 0.5
+    bridge_backoff_max_s: float = 30.0
+    bridge_submitted_linger_s: float = 300.0
+    bridge_tls_ca_file: str = ""
+    bridge_tls_cert_file: str = ""
+    bridge_tls_key_file: str = ""
+    bridge_tls_verify: bool = True
     mapping_file: str = ""
     unknown_events: str = "keep"
 
@@ -217,6 +306,24 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     settings = Settings(**values)
     if settings.hq_backoff_initial_s > settings.hq_backoff_max_s:
         raise ConfigError("GATEWAY_HQ_BACKOFF_INITIAL_S: must not exceed GATEWAY_HQ_BACKOFF_MAX_S")
+    if settings.auth_mode == "none" and not settings.auth_allow_insecure_bind and not is_loopback(settings.host):
+        raise ConfigError(
+            f"GATEWAY_AUTH_MODE=none refuses the non-loopback GATEWAY_HOST={settings.host}: anyone could watch any "
+            "conversation. Use GATEWAY_AUTH_MODE=jwt or hq, or GATEWAY_AUTH_ALLOW_INSECURE_BIND=true (development only)"
+        )
+    tls_files = settings.bridge_tls_ca_file or settings.bridge_tls_cert_file or settings.bridge_tls_key_file
+    if tls_files and not settings.bridge_url.startswith("stomp+ssl://"):
+        raise ConfigError("GATEWAY_BRIDGE_TLS_*: set, but GATEWAY_BRIDGE_URL is not a stomp+ssl:// URL")
     if settings.mapping_file and not Path(settings.mapping_file).is_file():
         raise ConfigError(f"GATEWAY_NORMALIZE_MAPPING_FILE: file not found: {settings.mapping_file}")
     return settings
+
+
+def is_loopback(host: str) -> bool:
+    """True for binds only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -155,6 +155,14 @@ class Envelope:
     user_body: bytes | None = None  # body with user-hidden fields stripped, when it differs
     _sse: bytes | None = field(default=None, repr=False)
     stomp: object | None = field(default=None, repr=False)  # the transport's shared MESSAGE template
+    _sse_user: bytes | None = field(default=None, repr=False)  # SSE frame of user_body, when set
+    stomp_user: object | None = field(default=None, repr=False)  # MESSAGE template of user_body, when set
+    # A coalesced envelope stands for every seq from ``covers_from`` to ``seq`` (0: just ``seq``).
+    covers_from: int = 0
+
+    @property
+    def first_seq(self) -> int:
+        return self.covers_from or self.seq
 
     @property
     def sse(self) -> bytes:
@@ -162,6 +170,24 @@ class Envelope:
         if self._sse is None:
             self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.stage.encode(), self.body)
         return self._sse
+
+    @property
+    def hidden_from_user(self) -> bool:
+        """Diagnostic and accounting envelopes never reach a user-scope viewer (seed 000 ``?scope=user``)."""
+        return bool(self.scope)
+
+    @property
+    def body_for_user(self) -> bytes:
+        return self.body if self.user_body is None else self.user_body
+
+    @property
+    def sse_user(self) -> bytes:
+        """The SSE frame for user-scope viewers, built once; the shared ``sse`` when nothing is stripped."""
+        if self.user_body is None:
+            return self.sse
+        if self._sse_user is None:
+            self._sse_user = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.stage.encode(), self.user_body)
+        return self._sse_user
 
     def as_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = orjson.loads(self.body)

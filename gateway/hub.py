@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from gateway.coalesce import coalesce
 from gateway.envelope import Envelope
 from gateway.journal.base import Journal
+from gateway.snapshot import TurnView
 
 REPLAY_BATCH = 256
+MAX_VIEWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +54,19 @@ class Subscriber:
 
     __slots__ = (
         "_bytes",
+        "_coalesce_at",
+        "_idle",
         "_journal",
         "_max_bytes",
         "_max_messages",
         "_queue",
         "_wake",
         "catch_up_to",
+        "coalesce_after",
         "conversation_id",
         "cursor",
         "failure",
+        "on_fail",
     )
 
     def __init__(
@@ -76,6 +83,12 @@ class Subscriber:
         self._max_bytes = max_bytes
         self._wake = asyncio.Event()
         self.failure: str | None = None
+        self.coalesce_after = 0  # queue length past which deltas are merged (0: never)
+        # Called once when the subscriber is cut loose: a transport blocked writing to a peer that
+        # stopped reading never calls next_batch again, so it must be interrupted from here.
+        self.on_fail: Callable[[str], None] | None = None
+        self._coalesce_at = 0
+        self._idle = False  # the transport waits for envelopes: a burst is no sign of lag
 
     @property
     def queued(self) -> int:
@@ -85,18 +98,35 @@ class Subscriber:
         """Queue a live envelope; never blocks. Overflow cuts the subscriber loose."""
         if self.failure is not None:
             return
-        if len(self._queue) >= self._max_messages or self._bytes + len(env.body) > self._max_bytes:
-            self.fail("slow")
-            return
         self._queue.append(env)
         self._bytes += len(env.body)
+        if self.coalesce_after and not self._idle and len(self._queue) > max(self.coalesce_after, self._coalesce_at):
+            self._compact()
+        if len(self._queue) > self._max_messages or self._bytes > self._max_bytes:
+            self.fail("slow")
+            return
         self._wake.set()
 
+    def _compact(self) -> None:
+        """Merge queued deltas instead of cutting a lagging viewer loose (AI-stream-aware fan-out)."""
+        queue = self._queue
+        while queue and queue[0].seq <= self.cursor:
+            queue.popleft()
+        merged = coalesce(queue)
+        self._queue = deque(merged)
+        self._bytes = sum(len(e.body) for e in merged)
+        # Amortized O(1) per envelope: the next pass waits until the queue has doubled.
+        self._coalesce_at = 2 * len(merged)
+
     def fail(self, reason: str) -> None:
+        if self.failure is not None:
+            return
         self.failure = reason
         self._queue.clear()
         self._bytes = 0
         self._wake.set()
+        if self.on_fail is not None:
+            self.on_fail(reason)
 
     async def next_batch(self, timeout: float | None = None, limit: int = REPLAY_BATCH) -> list[Envelope]:
         """The next envelopes after ``cursor``, in order; [] when ``timeout`` passes first."""
@@ -108,23 +138,26 @@ class Subscriber:
             while queue and queue[0].seq <= self.cursor:
                 self._bytes -= len(queue.popleft().body)
             if queue:
-                target = max(target, queue[0].seq - 1)
+                target = max(target, queue[0].first_seq - 1)
             if self.cursor < target:
                 return await self._from_journal(min(limit, target - self.cursor))
             if queue:
                 batch: list[Envelope] = []
-                while queue and len(batch) < limit and queue[0].seq == self.cursor + 1:
+                while queue and len(batch) < limit and queue[0].first_seq == self.cursor + 1:
                     env = queue.popleft()
                     self._bytes -= len(env.body)
                     batch.append(env)
                     self.cursor = env.seq
                 return batch
             self._wake.clear()
+            self._idle = True
             try:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             except TimeoutError:
                 return []
+            finally:
+                self._idle = False
 
     async def _from_journal(self, count: int) -> list[Envelope]:
         envs = await self._journal.read(self.conversation_id, self.cursor, count)
@@ -145,10 +178,34 @@ class Hub:
         self._max_bytes = max_bytes
         self._replay_max = replay_max
         self._topics: dict[str, set[Subscriber]] = {}
+        self._views: dict[str, TurnView] = {}
+        self.coalesce_after = 0
 
-    async def subscribe(self, conversation_id: str, since: int | None) -> tuple[Subscriber, StaleNotice | None]:
+    async def snapshot(self, conversation_id: str, now_ms: int) -> Envelope:
+        """The TURN_SNAPSHOT of the conversation: O(1) once its view exists, built from the journal once."""
+        view = self._views.pop(conversation_id, None)
+        if view is None:
+            view = TurnView(conversation_id)
+            head = await self._journal.head(conversation_id)
+            view.last_seq = max(0, head.oldest - 1) if head.exists else 0
+        self._views[conversation_id] = view  # most recently used last
+        while len(self._views) > MAX_VIEWS:
+            del self._views[next(iter(self._views))]
+        while True:  # catch up with whatever was journaled but not published here
+            envs = await self._journal.read(conversation_id, view.last_seq, REPLAY_BATCH)
+            for env in envs:
+                if env.first_seq == view.last_seq + 1 or view.last_seq == 0:
+                    view.apply(env)
+            if len(envs) < REPLAY_BATCH:
+                return view.envelope(now_ms)
+
+    async def subscribe(
+        self, conversation_id: str, since: int | None, *, coalesce: bool = True
+    ) -> tuple[Subscriber, StaleNotice | None]:
         """Attach a subscriber; with ``since`` it first replays everything after it."""
         sub = Subscriber(self._journal, conversation_id, 0, 0, self._max_messages, self._max_bytes)
+        if coalesce:
+            sub.coalesce_after = self.coalesce_after
         # Register before reading the head: anything published meanwhile is queued, not lost.
         self._topics.setdefault(conversation_id, set()).add(sub)
         head = await self._journal.head(conversation_id)
@@ -168,6 +225,15 @@ class Hub:
             sub.cursor = 0
         return sub, notice
 
+    async def subscribe_with_snapshot(
+        self, conversation_id: str, now_ms: int, *, coalesce: bool = True
+    ) -> tuple[Subscriber, Envelope]:
+        """Attach a cursorless subscriber that starts with the turn snapshot, then live after it."""
+        sub, _ = await self.subscribe(conversation_id, None, coalesce=coalesce)
+        snap = await self.snapshot(conversation_id, now_ms)
+        sub.cursor = sub.catch_up_to = snap.seq
+        return sub, snap
+
     def unsubscribe(self, sub: Subscriber) -> None:
         subs = self._topics.get(sub.conversation_id)
         if subs is not None:
@@ -176,12 +242,14 @@ class Hub:
                 del self._topics[sub.conversation_id]
 
     def publish(self, conversation_id: str, envelopes: Iterable[Envelope]) -> None:
+        view = self._views.get(conversation_id)
         subs = self._topics.get(conversation_id)
-        if not subs:
-            return
         for env in envelopes:
-            for sub in subs:
-                sub.offer(env)
+            if view is not None and env.first_seq == view.last_seq + 1:
+                view.apply(env)
+            if subs:
+                for sub in subs:
+                    sub.offer(env)
 
     def viewers(self, conversation_id: str) -> int:
         return len(self._topics.get(conversation_id, ()))

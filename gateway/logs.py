@@ -7,11 +7,16 @@ import logging
 import re
 import time
 
-_BEARER = re.compile(r"(Bearer\s+|hq_pat_|access_token=|passcode:)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_BEARER = re.compile(
+    r"(Bearer\s+|hq_pat_|access_token=|passcode:\s*|authorization:\s*(?:bearer\s+|basic\s+)?|session=|token=)[A-Za-z0-9._~+/=%-]+",
+    re.IGNORECASE,
+)
+# A JWT anywhere (header.payload.signature, base64url; the header always starts with '{"' → eyJ).
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def scrub(text: str) -> str:
-    return _BEARER.sub(lambda m: m.group(1) + "***", text)
+    return _JWT.sub("eyJ***", _BEARER.sub(lambda m: m.group(1) + "***", text))
 
 
 class _ScrubFilter(logging.Filter):
@@ -20,7 +25,13 @@ class _ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = scrub(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text: the traceback (exception messages included) is scrubbed too.
+            record.exc_text = scrub(_TRACEBACKS.formatException(record.exc_info))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class _JsonFormatter(logging.Formatter):

@@ -11,15 +11,21 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
+import redis.asyncio
+import redis.exceptions
+
+from gateway.bridge.relay import Bridge
 from gateway.config import Settings
 from gateway.envelope import Envelope, load_mapping
 from gateway.hub import Hub
 from gateway.journal.base import Journal
 from gateway.journal.memory import MemoryJournal
+from gateway.journal.redis import RedisJournal
 from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient
-from gateway.upstream.registry import UpstreamRegistry
-from gateway.upstream.supervisor import ConversationUpstream
+from gateway.upstream.clustered import ClusteredConversation
+from gateway.upstream.registry import Activation, UpstreamRegistry
+from gateway.upstream.supervisor import ConversationUpstream, Sink
 
 log = logging.getLogger("gateway")
 
@@ -50,8 +56,19 @@ class Gateway:
         self.metrics = Metrics()
         self.started_at = time.time()
         self.mapping = load_mapping(settings.mapping_file, keep_unknown=settings.unknown_events == "keep")
+        self.redis: redis.asyncio.Redis | None = None
+        self.redis_ok = not settings.redis_url
+        if journal is None and settings.redis_url:
+            # socket_timeout bounds every call on a stalled Redis; blocking tails get their own
+            # client without one (their reads are bounded by the tailer itself).
+            self.redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+            self._tail_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+            journal = RedisJournal(self.redis, prefix=settings.redis_key_prefix, max_events=settings.journal_max_events,
+                                   max_age_s=settings.journal_max_age_s)  # fmt: skip
         self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
         self.hub = Hub(self.journal, settings.queue_max_messages, settings.queue_max_bytes, settings.replay_max_events)
+        if settings.coalesce:
+            self.hub.coalesce_after = settings.coalesce_after
         self.hq = HqClient(
             settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
         )
@@ -62,6 +79,10 @@ class Gateway:
         self._drained = False
         self.on_drain: list[Callable[[], Awaitable[None]]] = []
         self._submissions: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.bridge: Bridge | None = None  # started and stopped by the app's lifespan
+        if settings.bridge_url:
+            self.bridge = Bridge(settings, journal=self.journal, hub=self.hub, upstreams=self.upstreams,
+                                 metrics=self.metrics)  # fmt: skip
 
     def remember_submission(self, conversation_id: str, key: str) -> bool:
         """True the first time an idempotency key is seen for a conversation (within an hour)."""
@@ -75,17 +96,54 @@ class Gateway:
         self._submissions[(conversation_id, key)] = now
         return True
 
-    def _new_upstream(self, conversation_id: str) -> ConversationUpstream:
+    def _new_upstream(self, conversation_id: str) -> Activation:
         s = self.settings
-        return ConversationUpstream(
+
+        def upstream(sink: Sink) -> ConversationUpstream:
+            return ConversationUpstream(
+                conversation_id,
+                hq=self.hq,
+                journal=self.journal,
+                sink=sink,
+                mapping=self.mapping,
+                backoff=Backoff(s.hq_backoff_initial_s, s.hq_backoff_max_s),
+                metrics=self.metrics,
+            )
+
+        if self.redis is None or not isinstance(self.journal, RedisJournal):
+            return upstream(self.sink)
+        return ClusteredConversation(
             conversation_id,
-            hq=self.hq,
+            redis_client=self.redis,
+            tail_client=self._tail_redis,
             journal=self.journal,
-            sink=self.sink,
+            hub=self.hub,
             mapping=self.mapping,
-            backoff=Backoff(s.hq_backoff_initial_s, s.hq_backoff_max_s),
-            metrics=self.metrics,
+            owner=self.instance_id,
+            lease_ttl_ms=s.redis_lease_ttl_ms,
+            make_upstream=upstream,
         )
+
+    async def start(self) -> None:
+        """Background duties of a running process (the Redis health probe in cluster mode)."""
+        if self.redis is not None:
+            self.spawn(self._watch_redis(), name="redis-health")
+
+    async def _watch_redis(self) -> None:
+        assert self.redis is not None
+        while True:
+            try:
+                async with asyncio.timeout(2):
+                    await self.redis.ping()
+                if not self.redis_ok:
+                    log.info("redis reachable again")
+                self.redis_ok = True
+            except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+                if self.redis_ok:
+                    log.warning("redis unreachable: %s", exc)
+                self.redis_ok = False
+            self.metrics.redis_up.set(1 if self.redis_ok else 0)
+            await asyncio.sleep(1.0)
 
     def readiness(self) -> dict[str, dict[str, Any]]:
         """What /readyz reports: one entry per dependency, each with ok and a detail."""
@@ -97,12 +155,20 @@ class Gateway:
                 "detail": "draining" if self.shutting_down.is_set() else "no",
             },
             "journal": {"ok": True, "detail": type(self.journal).__name__},
+            "redis": {"ok": self.redis_ok, "detail": self._redis_detail()},
             "upstreams": {
                 "ok": True,
                 "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
             },
         }
+        if self.bridge is not None:
+            checks["bridge"] = self.bridge.readiness()
         return checks
+
+    def _redis_detail(self) -> str:
+        if self.redis is None:
+            return "not configured"
+        return "reachable" if self.redis_ok else "unreachable: reconnecting"
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Start a background task the gateway owns and cancels on shutdown."""
@@ -138,3 +204,6 @@ class Gateway:
         await self.upstreams.close()
         await self.hq.close()
         await self.journal.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+            await self._tail_redis.aclose()

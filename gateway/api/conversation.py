@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 from typing import Any
 
@@ -10,7 +12,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.auth import Authenticator, Denied, Principal, denied_response
+from gateway.envelope import Envelope
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.limits import TokenBuckets
 from gateway.runtime import Gateway
 from gateway.trace import build_trace
 from gateway.upstream.client import UpstreamUnavailable
@@ -44,6 +49,35 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+async def authorized(request: Request, conv: str, *, reading: bool = True) -> Principal | Response:
+    """The caller's principal for ``conv``, or the refusal to send back (401/403/503)."""
+    auth: Authenticator = request.app.state.auth
+    credential = auth.http_credential(request.headers, request.query_params)
+    try:
+        principal = await auth.authorize(credential, conv, request.query_params.get("scope"))
+    except Denied as refusal:
+        return denied_response(refusal)
+    if reading:
+        auth.audit_attach(principal, conv, "rest", request.client.host if request.client else "unknown")
+    return principal
+
+
+def _rate_limited(request: Request, principal: Principal) -> Response | None:
+    """Token bucket per viewer (per client address when nobody is authenticated)."""
+    auth: Authenticator = request.app.state.auth
+    limiter: TokenBuckets = request.app.state.submit_limiter
+    who = f"addr:{request.client.host if request.client else 'unknown'}" if auth.mode == "none" else principal.subject
+    wait = limiter.take(who)
+    if not wait:
+        return None
+    request.app.state.refusals.labels("rate_limited").inc()
+    return JSONResponse(
+        {"error": "rate_limited", "message": f"too many submissions; retry in {wait:.1f} s"},
+        status_code=429,
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
     conv = conversation_id(str(body.get("conversationId", "")))
     message = body.get("message")
@@ -69,6 +103,13 @@ async def post_message(request: Request) -> Response:
         conv, message, params, key, attachments = _submission(await _json_body(request))
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
+    principal = await authorized(request, conv, reading=False)
+    if isinstance(principal, Response):
+        return principal
+    if not principal.may_submit:
+        return error(403, "forbidden", "this viewer's token does not allow message submission")
+    if (limited := _rate_limited(request, principal)) is not None:
+        return limited
     key = key or str(uuid.uuid4())
     upstream = gw.upstreams.hold(conv, "turn")
     released = False
@@ -90,13 +131,16 @@ async def post_message(request: Request) -> Response:
         if attachments:
             hq_body["attachments"] = attachments
         try:
-            reply = await gw.hq.post_message(conv, hq_body, key)
+            # hq mode: HQ sees the viewer's own credential, never the gateway's, on a viewer's turn.
+            reply = await gw.hq.post_message(conv, hq_body, key, token=principal.hq_token)
         except UpstreamUnavailable as exc:
             return error(502, "upstream_unavailable", f"HQ unreachable: {exc}")
         if reply.status not in (200, 201, 202) or not isinstance(reply.body, dict):
             status = reply.status if reply.status in (400, 401, 403, 404, 409, 422, 429) else 502
             return error(status, "upstream_rejected", f"HQ answered {reply.status}")
         gw.spawn(_hold_until_turn_ends(gw, conv, upstream.turn_ended), name=f"turn-hold:{conv}")
+        if gw.bridge is not None:  # GATEWAY_BRIDGE_PIN=submitted bridges this conversation from now on
+            await gw.bridge.pin_submitted(conv)
         released = True
         base = gw.settings.public_url or str(request.base_url).rstrip("/")
         return JSONResponse(
@@ -134,6 +178,9 @@ async def audit(request: Request) -> Response:
         limit = seq_cursor(request.query_params.get("limit"), "limit") or 100
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
+    principal = await authorized(request, conv)
+    if isinstance(principal, Response):
+        return principal
     limit = max(1, min(limit, MAX_PAGE))
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, after, limit)
@@ -143,9 +190,22 @@ async def audit(request: Request) -> Response:
         head.oldest,
         head.seq,
         str(last).encode() if last < head.seq else b"null",
-        b",".join(e.body for e in envs),
+        b",".join(_visible_bodies(envs, principal)),
     )
     return Response(body, media_type="application/json")
+
+
+async def snapshot(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    try:
+        conv = conversation_id(request.path_params["conversationId"])
+    except BadRequest as exc:
+        return error(400, "bad_request", str(exc))
+    principal = await authorized(request, conv)
+    if isinstance(principal, Response):
+        return principal
+    snap = await gw.hub.snapshot(conv, int(time.time() * 1000))
+    return Response(snap.body if principal.scope.full else snap.body_for_user, media_type="application/json")
 
 
 async def trace(request: Request) -> Response:
@@ -154,7 +214,17 @@ async def trace(request: Request) -> Response:
         conv = conversation_id(request.path_params["conversationId"])
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
+    principal = await authorized(request, conv)
+    if isinstance(principal, Response):
+        return principal
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, max(0, head.oldest - 1), gw.settings.journal_max_events)
-    turns = build_trace([e.as_dict() for e in envs])
+    turns = build_trace([orjson.loads(body) for body in _visible_bodies(envs, principal)])
     return JSONResponse({"conversationId": conv, "oldest": head.oldest, "newest": head.seq, "turns": turns})
+
+
+def _visible_bodies(envs: list[Envelope], principal: Principal) -> list[bytes]:
+    """What this viewer's scope may read: a user viewer skips hidden envelopes and gets stripped bodies."""
+    if principal.scope.full:
+        return [e.body for e in envs]
+    return [e.body_for_user for e in envs if not e.hidden_from_user]

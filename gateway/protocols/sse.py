@@ -6,7 +6,10 @@ dispatches; ``:`` starts a comment; one leading space after the colon is dropped
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +67,20 @@ class SseParser:
     def feed(self, chunk: bytes) -> list[SseEvent]:
         events: list[SseEvent] = []
         buf = self._buf + chunk
-        start = 0
-        i = 0
-        n = len(buf)
-        while i < n:
-            c = buf[i]
-            if c == 0x0A and self._pending_cr:  # LF completing a CRLF already handled
-                self._pending_cr = False
-                start = i + 1
-                i += 1
-                continue
-            self._pending_cr = False
-            if c in (0x0A, 0x0D):
-                self._line(buf[start:i].decode("utf-8", "replace"), events)
-                self._pending_cr = c == 0x0D
-                start = i + 1
-            i += 1
-        self._buf = buf[start:]
+        if self._pending_cr and buf.startswith(b"\n"):
+            buf = buf[1:]  # the LF of a CRLF whose CR ended the previous chunk
+        self._pending_cr = False
+        if b"\r" in buf:
+            # A trailing CR may be half of a CRLF: settle it with the next chunk.
+            self._pending_cr = buf.endswith(b"\r")
+            lines = _LINE_END.split(buf)
+        else:
+            lines = buf.split(b"\n")
+        self._buf = b"" if self._pending_cr else lines.pop()
+        if self._pending_cr:
+            lines.pop()  # the empty remainder after the final CR
+        for line in lines:
+            self._line(line.decode("utf-8", "replace"), events)
         if len(self._buf) > self._max_line:
             raise ValueError(f"SSE line longer than {self._max_line} bytes")
         return events

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.auth import Authenticator, Denied, Principal, denied_response
+from gateway.envelope import Envelope
 from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
@@ -24,18 +27,56 @@ async def stream_endpoint(request: Request) -> Response:
         since = seq_cursor(request.headers.get("last-event-id"), "Last-Event-ID")
         if since is None:
             since = seq_cursor(request.query_params.get("since_seq"), "since_seq")
+        snapshot = _choice(request.query_params.get("snapshot"), "snapshot", ("turn",))
+        coalesce = _choice(request.query_params.get("coalesce"), "coalesce", ("true", "false")) != "false"
     except BadRequest as exc:
         return JSONResponse({"error": "bad_request", "message": str(exc)}, status_code=400)
     if gw.shutting_down.is_set():
         return JSONResponse({"error": "unavailable", "message": "shutting down"}, status_code=503)
-    return StreamingResponse(_frames(gw, conv, since), media_type="text/event-stream", headers=SSE_HEADERS)
+    auth: Authenticator = request.app.state.auth
+    credential = auth.http_credential(request.headers, request.query_params)
+    try:
+        principal = await auth.authorize(credential, conv, request.query_params.get("scope"))
+    except Denied as refusal:
+        return denied_response(refusal)
+    auth.audit_attach(principal, conv, "sse", f"{request.client.host}" if request.client else "unknown")
+    frames = _frames(gw, conv, since, principal, snapshot=snapshot is not None and since is None, coalesce=coalesce)
+    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[bytes]:
+def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    if raw is not None and raw not in allowed:
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}")
+    return raw
+
+
+def _render(batch: list[Envelope], user: bool) -> bytes:
+    """The batch's SSE bytes, each frame serialized once per scope and shared by every viewer."""
+    if user:
+        return b"".join([env.sse_user for env in batch if not env.hidden_from_user])
+    return b"".join([env.sse for env in batch])
+
+
+def _expired(resume_from: int) -> bytes:
+    data = {"error": "token_expired", "message": "the viewer's token expired: reconnect with a fresh token",
+            "resumeFrom": resume_from}  # fmt: skip
+    return encode_event(orjson.dumps(data), event="error")
+
+
+async def _frames(
+    gw: Gateway, conv: str, since: int | None, principal: Principal, *, snapshot: bool, coalesce: bool
+) -> AsyncIterator[bytes]:
     keepalive = gw.settings.sse_keepalive_s
+    user = not principal.scope.full
+    expires_at = principal.expires_at
     metrics = gw.metrics
     async with gw.upstreams.interest(conv):
-        sub, notice = await gw.hub.subscribe(conv, since)
+        first: bytes = b""
+        if snapshot:
+            sub, snap = await gw.hub.subscribe_with_snapshot(conv, int(time.time() * 1000), coalesce=coalesce)
+            notice, first = None, snap.sse_user if user else snap.sse
+        else:
+            sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
         metrics.viewers.labels("sse").inc()
         if since is not None:
             metrics.resumes.labels(notice.reason if notice else "exact").inc()
@@ -44,9 +85,18 @@ async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[by
             yield encode_comment("hq-gateway stream")
             if notice is not None:
                 yield encode_event(orjson.dumps(notice.as_dict()), event="stale")
+            if first:
+                yield first
             while True:
+                timeout = keepalive
+                if expires_at is not None:
+                    timeout = min(keepalive, expires_at - time.time())
+                    if timeout <= 0:  # the connection ends when its token does
+                        metrics.disconnects.labels("token_expired").inc()
+                        yield _expired(sub.cursor)
+                        return
                 try:
-                    batch = await sub.next_batch(timeout=keepalive)
+                    batch = await sub.next_batch(timeout=timeout)
                 except SubscriberStale as exc:
                     metrics.disconnects.labels(exc.reason).inc()
                     if exc.reason == "shutdown":
@@ -56,9 +106,11 @@ async def _frames(gw: Gateway, conv: str, since: int | None) -> AsyncIterator[by
                         yield encode_event(orjson.dumps(data), event="stale")
                     return
                 if batch:
-                    yield b"".join([env.sse for env in batch])
+                    chunk = _render(batch, user)
+                    if chunk:
+                        yield chunk
                     metrics.delivered.labels("sse").inc(len(batch))
-                else:
+                elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:
             metrics.viewers.labels("sse").dec()

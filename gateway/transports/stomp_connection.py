@@ -9,6 +9,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 
+from gateway.auth import Authenticator, Credential, Denied
 from gateway.envelope import Envelope
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
@@ -36,8 +37,13 @@ def destination_of(conversation: str) -> str:
     return TOPIC_PREFIX + conversation
 
 
-def template_for(env: Envelope, destination: str) -> MessageTemplate:
-    """The MESSAGE tail of one envelope, encoded once and shared by every STOMP subscriber."""
+def template_for(env: Envelope, destination: str, user: bool = False) -> MessageTemplate:
+    """The MESSAGE tail of one envelope, encoded once per scope and shared by every STOMP subscriber."""
+    if user and env.user_body is not None:
+        template = env.stomp_user
+        if not isinstance(template, MessageTemplate):
+            template = env.stomp_user = MessageTemplate(destination=destination, body=env.user_body, seq=env.seq)
+        return template
     template = env.stomp
     if not isinstance(template, MessageTemplate):
         template = env.stomp = MessageTemplate(destination=destination, body=env.body, seq=env.seq)
@@ -49,14 +55,18 @@ class _Subscription:
     conversation: str
     subscriber: Subscriber
     task: asyncio.Task[None] | None = None
+    user: bool = False  # user scope: diagnostic/accounting envelopes skipped, stripped bodies sent
 
 
 class StompConnection:
     """PipeHandler: feeds the sans-I/O session, acts on its events, delivers envelopes."""
 
-    def __init__(self, gw: Gateway, pipe: Pipe, info: ConnectionInfo) -> None:
+    def __init__(self, gw: Gateway, pipe: Pipe, info: ConnectionInfo, *, auth: Authenticator) -> None:
         s = gw.settings
         self._gw = gw
+        self._auth = auth
+        self._credential: Credential | None = None
+        self._expires_at: float | None = None  # epoch seconds: the session ends when its token does
         self._pipe = pipe
         self._info = info
         self.session = StompServerSession(
@@ -77,7 +87,8 @@ class StompConnection:
         self._last_in = time.monotonic()
         for event in self.session.receive_data(message.encode()):
             if isinstance(event, ConnectRequest):
-                self.session.accept_connect()
+                if not await self._connect(event):
+                    break
             elif isinstance(event, SubscribeRequest):
                 await self._subscribe(event)
             elif isinstance(event, UnsubscribeRequest):
@@ -96,6 +107,18 @@ class StompConnection:
         if self.session.state is SessionState.CLOSED:
             await self._pipe.close(1000, "")
 
+    async def _connect(self, req: ConnectRequest) -> bool:
+        self._credential = self._auth.stomp_credential(req.headers, self._info.headers, self._info.query)
+        try:
+            principal = await self._auth.connect(self._credential)
+        except Denied as refusal:
+            log.info("stomp connect refused client=%s: %s", self._info.client, refusal.message)
+            self.session.reject(f"{refusal.code}: {refusal.message}")
+            return False
+        self._expires_at = principal.expires_at if principal is not None else None
+        self.session.accept_connect()
+        return True
+
     async def _subscribe(self, req: SubscribeRequest) -> None:
         match = DESTINATION.match(req.destination)
         if match is None:
@@ -105,12 +128,30 @@ class StompConnection:
         try:
             conv = conversation_id(match.group("id"))
             since = seq_cursor(_header(req, "since-seq"), "since-seq")
+            snapshot = _header(req, "snapshot")
+            if snapshot not in (None, "turn"):
+                raise BadRequest("snapshot header must be 'turn'")
+            coalesce = _header(req, "coalesce") != "false"
         except BadRequest as exc:
             self.session.reject(str(exc), req.receipt)
             return
+        try:
+            principal = await self._auth.authorize(self._credential, conv, _header(req, "scope"))
+        except Denied as refusal:
+            self.session.reject(f"{refusal.code}: {refusal.message}", req.receipt)
+            return
+        user = not principal.scope.full
+        self._auth.audit_attach(principal, conv, self._info.transport, self._info.client)
         upstream_holder = self._gw.upstreams
         upstream_holder.hold(conv)
-        subscriber, notice = await self._gw.hub.subscribe(conv, since)
+        first: Envelope | None = None
+        if snapshot is not None and since is None:
+            subscriber, first = await self._gw.hub.subscribe_with_snapshot(
+                conv, int(time.time() * 1000), coalesce=coalesce
+            )
+            notice = None
+        else:
+            subscriber, notice = await self._gw.hub.subscribe(conv, since, coalesce=coalesce)
         # Decide even when a DISCONNECT packed behind this SUBSCRIBE already closed the session:
         # its RECEIPT still goes out in order; the subscription itself is then not registered.
         self.session.accept_subscribe(req)
@@ -118,13 +159,16 @@ class StompConnection:
             self._gw.hub.unsubscribe(subscriber)
             upstream_holder.release(conv)
             return
-        entry = self._subs[req.id] = _Subscription(conv, subscriber)
+        entry = self._subs[req.id] = _Subscription(conv, subscriber, user=user)
         metrics = self._gw.metrics
         metrics.viewers.labels(self._info.transport).inc()
         if since is not None:
             metrics.resumes.labels(notice.reason if notice else "exact").inc()
         # The RECEIPT must precede the first MESSAGE: flush before delivery starts.
         await self._flush()
+        if first is not None:
+            body = first.body_for_user if user else first.body
+            await self._write([self.session.message(req.id, destination_of(conv), body, first.seq).decode()])
         entry.task = asyncio.create_task(self._deliver(req.id, entry, notice), name=f"stomp-deliver:{conv}")
 
     def _unsubscribe(self, sub_id: str) -> None:
@@ -145,16 +189,21 @@ class StompConnection:
             while True:
                 batch = await entry.subscriber.next_batch()
                 frames: list[bytes] = []
+                user = entry.user
                 for env in batch:
+                    if user and env.hidden_from_user:
+                        continue  # the viewer sees a seq gap there, by design
                     if notice is not None:
                         # DESIGN: a resume that is not exact says so on its first MESSAGE.
                         stale = f"oldest={notice.oldest},newest={notice.newest},reason={notice.reason}"
-                        frames.append(session.message(sub_id, destination, env.body, env.seq, (("stale", stale),)))
+                        body = env.body_for_user if user else env.body
+                        frames.append(session.message(sub_id, destination, body, env.seq, (("stale", stale),)))
                         notice = None
                     else:
-                        frames.append(session.render(template_for(env, destination), sub_id))
-                await self._write([f.decode() for f in frames])
-                delivered.inc(len(frames))
+                        frames.append(session.render(template_for(env, destination, user), sub_id))
+                if frames:
+                    await self._write([f.decode() for f in frames])
+                    delivered.inc(len(frames))
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:
@@ -181,8 +230,13 @@ class StompConnection:
             tick = min(x for x in (send_ms / 2000, timeout_ms / 4000, 1.0) if x > 0)
             if session.state is SessionState.AWAIT_CONNECT:
                 tick = min(0.1, settings.stomp_connect_timeout_s / 4)
+            if self._expires_at is not None:
+                tick = max(0.01, min(tick, self._expires_at - time.time()))
             await asyncio.sleep(tick)
             now = time.monotonic()
+            if self._expires_at is not None and time.time() >= self._expires_at:
+                await self._expire()
+                return
             if session.state is SessionState.AWAIT_CONNECT and now > connect_deadline:
                 session.reject("no CONNECT frame in time")
                 await self._flush()
@@ -194,6 +248,13 @@ class StompConnection:
                 return
             if send_ms and now - self._last_out >= send_ms / 1000:
                 await self._write([session.heartbeat_bytes().decode()])
+
+    async def _expire(self) -> None:
+        self._gw.metrics.disconnects.labels("token_expired").inc()
+        self.session.reject("token_expired: the viewer's token expired; reconnect with a fresh token and resume "
+                            "with since-seq")  # fmt: skip
+        await self._flush()
+        await self._pipe.close(1008, "token expired")
 
     async def _flush(self) -> None:
         data = self.session.data_to_send()
@@ -229,5 +290,5 @@ def _header(req: SubscribeRequest, name: str) -> str | None:
     return None
 
 
-async def stomp_handler_factory(gw: Gateway, pipe: Pipe, info: ConnectionInfo) -> StompConnection:
-    return StompConnection(gw, pipe, info)
+async def stomp_handler_factory(gw: Gateway, pipe: Pipe, info: ConnectionInfo, auth: Authenticator) -> StompConnection:
+    return StompConnection(gw, pipe, info, auth=auth)

@@ -6,19 +6,35 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from gateway.upstream.supervisor import ConversationUpstream, UpstreamState
+from gateway.upstream.supervisor import UpstreamState
 
 log = logging.getLogger("gateway.upstream")
 
-UpstreamFactory = Callable[[str], ConversationUpstream]
+
+class Activation(Protocol):
+    """What runs for an active conversation: Activation, or its clustered counterpart."""
+
+    conversation_id: str
+    state: UpstreamState
+    connected: asyncio.Event
+    turn_ended: asyncio.Event
+    ended_at: float | None
+
+    async def run(self) -> None: ...
+
+    async def originate(self, name: str, data: dict[str, Any]) -> None: ...
+
+
+UpstreamFactory = Callable[[str], Activation]
 
 
 @dataclass(slots=True)
 class _Active:
-    upstream: ConversationUpstream
+    upstream: Activation
     task: asyncio.Task[None]
     holds: int = 0
     linger: asyncio.TimerHandle | None = None
@@ -36,7 +52,7 @@ class UpstreamRegistry:
         self._refused_cooldown_s = refused_cooldown_s
         self._active: dict[str, _Active] = {}
 
-    def hold(self, conversation_id: str, kind: str = "viewer") -> ConversationUpstream:
+    def hold(self, conversation_id: str, kind: str = "viewer") -> Activation:
         active = self._active.get(conversation_id)
         if active is None or (active.task.done() and not self._cooling_down(active)):
             upstream = self._factory(conversation_id)
@@ -65,7 +81,7 @@ class UpstreamRegistry:
             active.linger = loop.call_later(self._linger_s, self._stop_if_idle, conversation_id)
 
     @asynccontextmanager
-    async def interest(self, conversation_id: str, kind: str = "viewer") -> AsyncIterator[ConversationUpstream]:
+    async def interest(self, conversation_id: str, kind: str = "viewer") -> AsyncIterator[Activation]:
         upstream = self.hold(conversation_id, kind)
         try:
             yield upstream
@@ -79,7 +95,7 @@ class UpstreamRegistry:
             active.task.cancel()
             log.info("upstream closed after linger conversation=%s", conversation_id)
 
-    async def _run(self, upstream: ConversationUpstream) -> None:
+    async def _run(self, upstream: Activation) -> None:
         try:
             await upstream.run()
         except asyncio.CancelledError:
@@ -93,7 +109,7 @@ class UpstreamRegistry:
             if upstream.state is not UpstreamState.FAILED:
                 upstream.state = UpstreamState.STOPPED
 
-    def get(self, conversation_id: str) -> ConversationUpstream | None:
+    def get(self, conversation_id: str) -> Activation | None:
         active = self._active.get(conversation_id)
         return active.upstream if active else None
 
@@ -107,6 +123,6 @@ class UpstreamRegistry:
             if active.linger is not None:
                 active.linger.cancel()
             active.task.cancel()
-        for active in actives:
-            with suppress(asyncio.CancelledError):
-                await active.task
+        if actives:
+            # Bounded: a task stuck in a Redis call that swallowed its cancel must not hang shutdown.
+            await asyncio.wait([a.task for a in actives], timeout=5)

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.envelope import ConversationInfo, Envelope, HqEvent, Mapping, TurnState, normalize
-from gateway.errors import UpstreamFatal
+from gateway.errors import JournalConflict, UpstreamFatal
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavailable
@@ -19,6 +19,7 @@ from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavai
 log = logging.getLogger("gateway.upstream")
 
 RECENT_IDS = 1024
+APPEND_ATTEMPTS = 3
 KNOWN_EVENTS = frozenset(
     ("status", "agent_active", "tool_call", "tool_result", "text_delta", "token_usage", "final", "error", "done")
 )
@@ -196,16 +197,28 @@ class ConversationUpstream:
             await self._append_locked(event, cursor)
 
     async def _append_locked(self, event: HqEvent, cursor: str | None) -> None:
-        env, turn = normalize(
-            event,
-            seq=self.seq + 1,
-            conversation_id=self.conversation_id,
-            turn=self.turn,
-            mapping=self._mapping,
-            now_ms=self._clock_ms(),
-            info=self.info,
-        )
-        if env is None:
+        for attempt in range(APPEND_ATTEMPTS):
+            env, turn = normalize(
+                event,
+                seq=self.seq + 1,
+                conversation_id=self.conversation_id,
+                turn=self.turn,
+                mapping=self._mapping,
+                now_ms=self._clock_ms(),
+                info=self.info,
+            )
+            if env is None:
+                return
+            try:
+                await self._sink.emit(self.conversation_id, [env], cursor)
+            except JournalConflict:
+                # Another process appended (a USER_INPUT in cluster mode): re-read the head and
+                # renumber. A lost lease conflicts again and ends this upstream.
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                keep_cursor = self.cursor
+                await self._load()
+                self.cursor = keep_cursor
+                continue
+            self.seq, self.turn = env.seq, turn
             return
-        await self._sink.emit(self.conversation_id, [env], cursor)
-        self.seq, self.turn = env.seq, turn

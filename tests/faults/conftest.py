@@ -1,1 +1,1 @@
-from tests.integration.conftest import conv, logs, start_gateway, start_simulator  # noqa: F401
+from tests.integration.conftest import conv, logs, simulator, start_gateway, start_simulator  # noqa: F401

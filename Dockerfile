@@ -1,0 +1,21 @@
+# hq-gateway: slim, non-root, with a healthcheck. Build: docker build -t hq-gateway .
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home /app gateway
+WORKDIR /app
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY config ./config
+COPY gateway/data/mapping.toml ./config/mapping.toml
+USER gateway
+ENV GATEWAY_HOST=0.0.0.0 GATEWAY_PORT=8080 PYTHONUNBUFFERED=1
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
+ENTRYPOINT ["hq-gateway"]
+CMD ["serve", "--config", "config/gateway.toml"]

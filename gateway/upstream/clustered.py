@@ -1,0 +1,176 @@
+"""Cluster mode for one conversation in one process: tail the journal, contend for the upstream lease.
+
+Every process with local interest tails the conversation's Redis journal into its hub. At most one
+of them (the lease holder) runs the HQ upstream and appends, fenced by the lease in the same atomic
+step. When the holder dies its lease lapses and a contender takes over within about one TTL,
+resuming HQ from the cursor stored with the last append: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+import redis.asyncio
+
+from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
+from gateway.envelope import Envelope, HqEvent, Mapping, TurnState, normalize
+from gateway.errors import JournalConflict
+from gateway.hub import Hub
+from gateway.journal.redis import JournalUnavailable, RedisJournal
+from gateway.upstream.client import Backoff
+from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamState
+
+log = logging.getLogger("gateway.cluster")
+
+ORIGINATE_ATTEMPTS = 5
+TURN_END_STAGES = (b"ASSISTANT_OUTPUT", b"ENGINE_RETURN")
+
+
+class ClusteredConversation:
+    """The same face as ConversationUpstream for the registry and REST, backed by Redis."""
+
+    def __init__(
+        self,
+        conversation_id: str,
+        *,
+        redis_client: redis.asyncio.Redis,
+        tail_client: redis.asyncio.Redis,
+        journal: RedisJournal,
+        hub: Hub,
+        mapping: Mapping,
+        owner: str,
+        lease_ttl_ms: int,
+        make_upstream: Callable[[Sink], ConversationUpstream],
+    ) -> None:
+        self.conversation_id = conversation_id
+        self._journal = journal
+        self._hub = hub
+        self._mapping = mapping
+        self._make_upstream = make_upstream
+        self._tail_client = tail_client
+        self.lease = Lease(redis_client, journal.prefix, conversation_id, owner, lease_ttl_ms)
+        self.state = UpstreamState.CONNECTING
+        self.connected = asyncio.Event()  # some process in the cluster streams this conversation
+        self.turn_ended = asyncio.Event()
+        self.ended_at: float | None = None
+        self.leader: ConversationUpstream | None = None
+        self.takeovers = 0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader is not None
+
+    async def run(self) -> None:
+        head = await self._retrying(lambda: self._journal.head(self.conversation_id))
+        tailer = JournalTailer(self._tail_client, self._journal, self.conversation_id, self._publish, head.seq)
+        tail_task = asyncio.create_task(tailer.run(), name=f"tail:{self.conversation_id}")
+        try:
+            await self._contend()
+        finally:
+            tail_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await tail_task
+
+    def _publish(self, envelopes: list[Envelope]) -> None:
+        self._hub.publish(self.conversation_id, envelopes)
+        for env in envelopes:
+            if env.stage.encode() in TURN_END_STAGES or (env.stage == "VERBOSE" and b'"VERBOSE_ERROR"' in env.body):
+                self.turn_ended.set()
+
+    async def _contend(self) -> None:
+        ttl_s = self.lease.ttl_ms / 1000
+        backoff = Backoff(0.05, ttl_s)
+        while True:
+            try:
+                acquired = await self.lease.acquire()
+            except JournalUnavailable as exc:
+                self.connected.clear()
+                delay = backoff.next_delay()
+                log.warning("lease of %s unavailable, retrying in %.2fs: %s", self.conversation_id, delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            if not acquired:
+                # Someone else streams it; poll often enough that takeover lands within ~1 TTL.
+                self.connected.set()
+                self.state = UpstreamState.LIVE
+                await asyncio.sleep(ttl_s / 10)
+                continue
+            refused = await self._lead()
+            if refused:
+                return
+
+    async def _lead(self) -> bool:
+        """Run the upstream while holding the lease; True when HQ refused the conversation for good."""
+        log.info("lease acquired conversation=%s owner=%s", self.conversation_id, self.lease.owner)
+        self.takeovers += 1
+        upstream = self._make_upstream(ClusterSink(self._journal, self.lease.owner))
+        self.leader = upstream
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(hold_lease(self.lease, lost.set), name=f"lease:{self.conversation_id}")
+        runner = asyncio.create_task(upstream.run(), name=f"lead:{self.conversation_id}")
+        mirror = asyncio.create_task(self._mirror(upstream), name=f"mirror:{self.conversation_id}")
+        lost_wait = asyncio.create_task(lost.wait())
+        try:
+            await asyncio.wait({runner, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (keeper, runner, mirror, lost_wait):
+                task.cancel()
+            for task in (keeper, runner, mirror, lost_wait):
+                with suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.leader = None
+            self.connected.clear()
+        refused = runner.done() and not runner.cancelled() and upstream.state is UpstreamState.FAILED
+        if not lost.is_set():
+            with suppress(JournalUnavailable):
+                await self.lease.release()
+        if refused:
+            self.state = UpstreamState.FAILED
+        elif runner.done() and not runner.cancelled() and runner.exception() is not None:
+            log.warning("upstream of %s stopped: %r", self.conversation_id, runner.exception())
+        return refused
+
+    async def _mirror(self, upstream: ConversationUpstream) -> None:
+        await upstream.connected.wait()
+        self.connected.set()
+        self.state = UpstreamState.LIVE
+
+    async def originate(self, name: str, data: dict[str, Any]) -> None:
+        """Journal a gateway envelope from any process: compare-and-append on the dense seq."""
+        leader = self.leader
+        if leader is not None:
+            await leader.originate(name, data)
+            return
+        for _ in range(ORIGINATE_ATTEMPTS):
+            head = await self._journal.head(self.conversation_id)
+            turn = TurnState()
+            if head.exists and not head.empty:
+                last = await self._journal.read(self.conversation_id, head.seq - 1, 1)
+                if last:
+                    turn = TurnState.from_meta(last[0].as_dict()["payload"].get("_meta", {}))
+            seq = head.seq + 1 if head.exists else int(time.time() * 1000) + 1
+            env, _ = normalize(HqEvent(name, data), seq=seq, conversation_id=self.conversation_id, turn=turn,
+                               mapping=self._mapping, now_ms=int(time.time() * 1000))  # fmt: skip
+            if env is None:
+                return
+            try:
+                # The holder's next append then fails its seq check, reloads the head and carries on.
+                await self._journal.append(self.conversation_id, [env], None)
+                return
+            except JournalConflict:
+                continue
+        raise JournalConflict(f"{self.conversation_id}: could not append {name} after {ORIGINATE_ATTEMPTS} tries")
+
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            try:
+                return await call()
+            except JournalUnavailable:
+                await asyncio.sleep(backoff.next_delay())
