@@ -13,6 +13,8 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY config ./config
 COPY gateway/data/mapping.toml ./config/mapping.toml
 USER gateway
+# Secure by default: with GATEWAY_AUTH_MODE unset (none) the gateway refuses this non-loopback bind;
+# set GATEWAY_AUTH_MODE=jwt or hq (or, for a demo, GATEWAY_AUTH_ALLOW_INSECURE_BIND=true).
 ENV GATEWAY_HOST=0.0.0.0 GATEWAY_PORT=8080 PYTHONUNBUFFERED=1
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

@@ -48,15 +48,25 @@ def coalesce(queue: Iterable[Envelope]) -> list[Envelope]:
     facts = [_facts(env) for env in items]
     # 1. A VERBOSE_PROGRESS caption followed later by another of the same turn is superseded:
     #    its seq range is absorbed by the envelope right after it.
+    # Superseded only by a later caption at least as visible: user viewers never see diagnostic ones.
+    superseded = [
+        kind == "VERBOSE_PROGRESS"
+        and any(
+            k == "VERBOSE_PROGRESS" and t == turn and items[j].scope in ("", items[i].scope)
+            for j, (k, t) in enumerate(facts[i + 1 :], start=i + 1)
+        )
+        for i, (kind, turn) in enumerate(facts)
+    ]
     kept: list[tuple[Envelope, str, int]] = []
     absorb_from = 0
     for i, (env, (kind, turn)) in enumerate(zip(items, facts, strict=True)):
-        superseded = kind == "VERBOSE_PROGRESS" and any(
-            k == "VERBOSE_PROGRESS" and t == turn for k, t in facts[i + 1 :]
-        )
-        if superseded:
-            absorb_from = absorb_from or env.first_seq
-            continue
+        if superseded[i]:
+            # Absorbed only by an envelope every viewer sees: a user-scope viewer must not lose the
+            # caption inside a diagnostic envelope it never receives.
+            nxt = next((j for j in range(i + 1, len(items)) if not superseded[j]), None)
+            if nxt is not None and not items[nxt].scope:
+                absorb_from = absorb_from or env.first_seq
+                continue
         if absorb_from:
             env = _widen(env, absorb_from)
             absorb_from = 0

@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 
 from starlette.requests import cookie_parser
 
-MAX_TOKEN_CHARS = 8192
-
 
 @dataclass(frozen=True, slots=True)
 class Credential:

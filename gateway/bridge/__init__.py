@@ -6,7 +6,8 @@ resent from the journal. Consumers drop the rare duplicate by the ``seq`` header
 increasing per ``conversation-id``): keep the highest ``seq`` seen per conversation, skip anything
 not above it.
 
-Layout: ``target`` (URL and destination, pure), ``window`` (receipt window and cursors, pure),
-``store`` (cursor and pin stores), ``link`` (the one stomp.py connection, in its own thread),
-``relay`` (the asyncio side: pins, per-conversation pumps, metrics).
+Layout: ``target`` (URL, destination, pin list: pure), ``window`` (receipt window and cursors: pure),
+``store`` (cursor and pin store protocols, memory implementations), ``link`` (the process's one
+stomp.py connection, in its own thread), ``sender`` (pumps journal → link through the window),
+``pins`` (one pinned conversation's state), ``relay`` (the ``Bridge``: lifecycle, pins, health).
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +13,8 @@ from gateway.bridge.window import ConversationCursor
 class Pinned:
     """A conversation being bridged: its pin, cursor, last journal head seen and its two tasks."""
 
-    __slots__ = ("active_at", "cursor", "destination", "gaps", "head", "loaded", "oldest", "pin", "resends", "tasks",
-                 "wake")  # fmt: skip
+    __slots__ = ("active_at", "cursor", "destination", "gaps", "head", "idle_wait", "loaded", "oldest", "pin",
+                 "resends", "tasks", "wake")  # fmt: skip
 
     def __init__(self, pin: Pin, destination: str, cursor: ConversationCursor | None, now: float) -> None:
         self.pin = pin
@@ -29,6 +28,7 @@ class Pinned:
         self.resends = 0
         self.active_at = now
         self.wake = asyncio.Event()
+        self.idle_wait = 0.0  # the pump's current fallback poll while caught up (grows when nothing comes)
         self.tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -43,12 +43,16 @@ class Pinned:
         """Caught up with the journal and quiet for ``linger_s``: a transient pin may go."""
         return self.loaded and not self.cursor.in_flight and self.lag == 0 and now - self.active_at >= linger_s
 
-    async def sleep(self, timeout: float) -> None:
-        """Wait for a wake-up (new envelope, reconnect) or ``timeout``; the caller then re-reads the head."""
-        with suppress(TimeoutError):
+    async def sleep(self, timeout: float) -> bool:
+        """Wait for a wake-up (new envelope, reconnect) or ``timeout``; True when woken."""
+        woken = True
+        try:
             async with asyncio.timeout(timeout):
                 await self.wake.wait()
+        except TimeoutError:
+            woken = False
         self.wake.clear()
+        return woken
 
     async def cancel(self) -> None:
         """Cancel the pump and doorbell and wait for them (a cancel of the caller still propagates)."""

@@ -18,6 +18,7 @@ from gateway.bridge.link import Link, Outgoing
 from gateway.bridge.pins import Pinned
 from gateway.bridge.store import BridgeCursorStore
 from gateway.bridge.window import ConversationCursor, ReceiptWindow
+from gateway.errors import GatewayError
 from gateway.hub import Hub, SubscriberStale
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
@@ -25,7 +26,8 @@ from gateway.upstream.client import Backoff
 
 log = logging.getLogger("gateway.bridge")
 
-POLL_S = 0.5  # longest wait for news without a doorbell (another process appended, or a lost ring)
+POLL_S = 0.5  # re-check after this long when nothing wakes a pump (e.g. a ring lost in a resubscribe)
+IDLE_POLL_MAX_S = 5.0  # a quiet conversation's fallback poll backs off to this (one journal read each)
 BATCH = 128  # most envelopes one pump reads per round, so pumps share the window
 
 
@@ -130,8 +132,9 @@ class Sender:
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # e.g. the journal's Redis is down: retry, never lose the pump
-                log.exception("pump failed conversation=%s", pinned.conversation_id)
+            except Exception as exc:  # e.g. the journal's Redis is down: retry, never lose the pump
+                log.warning("pump paused conversation=%s: %s", pinned.conversation_id, exc,
+                            exc_info=not isinstance(exc, GatewayError))  # fmt: skip
                 await asyncio.sleep(backoff.next_delay())
 
     async def _round(self, pinned: Pinned) -> None:
@@ -160,7 +163,8 @@ class Sender:
         head = await self._journal.head(conversation_id)
         pinned.head, pinned.oldest = head.seq, head.oldest
         if pinned.cursor.sent >= head.seq:
-            await pinned.sleep(POLL_S)
+            woken = await pinned.sleep(max(POLL_S, pinned.idle_wait))
+            pinned.idle_wait = 0.0 if woken else min(IDLE_POLL_MAX_S, 2 * max(POLL_S, pinned.idle_wait))
             return
         envs = await self._journal.read(conversation_id, pinned.cursor.sent, min(BATCH, self.window.free))
         if generation != self.generation or not envs or self._pinned.get(conversation_id) is not pinned:
@@ -194,8 +198,9 @@ class Sender:
         while True:
             try:
                 sub, _ = await self._hub.subscribe(pinned.conversation_id, None)
-            except Exception:
-                log.exception("doorbell subscribe failed conversation=%s", pinned.conversation_id)
+            except Exception as exc:  # the pump polls meanwhile
+                log.warning("doorbell paused conversation=%s: %s", pinned.conversation_id, exc,
+                            exc_info=not isinstance(exc, GatewayError))  # fmt: skip
                 await asyncio.sleep(POLL_S)
                 continue
             try:

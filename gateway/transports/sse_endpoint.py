@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
@@ -15,6 +15,7 @@ from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.runtime import Gateway
+from gateway.transports.sse_response import SseResponse
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 
@@ -40,8 +41,24 @@ async def stream_endpoint(request: Request) -> Response:
     except Denied as refusal:
         return denied_response(refusal)
     auth.audit_attach(principal, conv, "sse", f"{request.client.host}" if request.client else "unknown")
-    frames = _frames(gw, conv, since, principal, snapshot=snapshot is not None and since is None, coalesce=coalesce)
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    hook = _AbortHook()
+    frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
+                     coalesce=coalesce)  # fmt: skip
+    response = hook.response = SseResponse(frames, SSE_HEADERS)
+    return response  # type: ignore[return-value]
+
+
+class _AbortHook:
+    """Lets a subscriber cut loose while its writer is stuck on a full socket end the response."""
+
+    response: SseResponse | None = None
+
+    def __init__(self) -> None:
+        self.aborted_reason: str | None = None
+
+    def __call__(self, reason: str) -> None:
+        if self.response is not None and self.response.abort(only_if_writing=True):
+            self.aborted_reason = reason
 
 
 def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -64,8 +81,9 @@ def _expired(resume_from: int) -> bytes:
 
 
 async def _frames(
-    gw: Gateway, conv: str, since: int | None, principal: Principal, *, snapshot: bool, coalesce: bool
-) -> AsyncIterator[bytes]:
+    gw: Gateway, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
+    coalesce: bool,
+) -> AsyncGenerator[bytes, None]:  # fmt: skip
     keepalive = gw.settings.sse_keepalive_s
     user = not principal.scope.full
     expires_at = principal.expires_at
@@ -77,6 +95,7 @@ async def _frames(
             notice, first = None, snap.sse_user if user else snap.sse
         else:
             sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
+        sub.on_fail = hook
         metrics.viewers.labels("sse").inc()
         if since is not None:
             metrics.resumes.labels(notice.reason if notice else "exact").inc()
@@ -113,5 +132,7 @@ async def _frames(
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:
+            if hook.aborted_reason is not None:  # cut loose mid-write: the except above never ran
+                metrics.disconnects.labels(hook.aborted_reason).inc()
             metrics.viewers.labels("sse").dec()
             gw.hub.unsubscribe(sub)

@@ -121,6 +121,7 @@ def test_console_in_chromium_over_stomp_and_sse(
     lines = run.stdout.strip().splitlines()
     assert lines, f"no output (exit {run.returncode}); stderr: {run.stderr[-3000:]}"
     result = json.loads(lines[-1])
+    ARTIFACT.with_name("console-pages.json").write_text(json.dumps(result, indent=1))  # what each page showed
     assert result["ok"], f"{result.get('error')}\npages: {json.dumps(result.get('pages'))[:4000]}\n{run.stderr[-2000:]}"
     assert result["problems"] == []  # no page error, console error, CSP violation or failed request
 

@@ -7,7 +7,7 @@
 //
 // The story, with one page watching over STOMP/SockJS and one over SSE:
 //   1. both pages connect and are live; the STOMP page submits turn 1; both show it completed;
-//   2. the SSE page submits turn 2; while it streams, both pages drop their connection ("Drop & resume")
+//   2. the SSE page submits turn 2; once its tool call shows, both pages drop their connection ("Drop & resume")
 //      and reconnect, resuming from their last seq (STOMP since-seq, SSE Last-Event-ID); both complete it;
 //   3. a third page whose vendor bundles fail to load says STOMP needs `make vendor` and still works over SSE.
 // stdout: one JSON line {"ok": true, "pages": {stomp: ..., sse: ..., noVendor: ...}, "problems": [...]}
@@ -128,10 +128,9 @@ try {
 
   // 2. A slower turn from the SSE page; both drop mid-turn and resume from their last seq.
   await submit(sse, opts.turn2);
-  for (const p of [stomp, sse]) {
-    await p.page.waitForFunction(() => document.querySelector('.turn[data-turn="2"] .reply-text')?.textContent, null, { timeout });
-  }
-  await Promise.all([stomp, sse].map((p) => p.page.click("#drop")));
+  for (const p of [stomp, sse]) await p.page.waitForSelector('.turn[data-turn="2"] tr.tool', { timeout });
+  // A DOM click on both at once: Playwright's click() waits for actionability, which can outlast this turn.
+  await Promise.all([stomp, sse].map((p) => p.page.$eval("#drop", (button) => button.click())));
   for (const p of [stomp, sse]) {
     await p.page.waitForFunction(() => window.hqConsole.reconnects === 1 && window.hqConsole.state === "live", null, { timeout });
     await p.page.waitForSelector(completed(2), { timeout });

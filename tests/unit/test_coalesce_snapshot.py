@@ -161,3 +161,13 @@ def test_hub_snapshot_splice_and_o1_updates() -> None:
         assert body(await hub.snapshot(CONV, 9_001))["auditId"] == 10
 
     asyncio.run(main())
+
+
+def test_caption_is_never_absorbed_by_an_envelope_user_viewers_do_not_see() -> None:
+    out = coalesce(envelopes([status("one"), ("agent_active", {"hint": "h"}), delta("x")]))
+    texts = [body(e)["verbose"]["text"] for e in out if e.stage == "VERBOSE" and not e.scope]
+    assert texts == ["one"]  # a diagnostic caption never supersedes a visible one
+    out = coalesce(envelopes([status("one"), ("agent_active", {"hint": "h"}), status("two"), delta("x")]))
+    assert [body(e)["verbose"]["text"] for e in out if e.stage == "VERBOSE" and not e.scope] == ["two"]
+    for a, b in zip(out, out[1:], strict=False):
+        assert b.first_seq == a.seq + 1

@@ -378,6 +378,7 @@ class SseTransport {
 // STOMP over SockJS with @stomp/stompjs: since-seq on every (re-)SUBSCRIBE, snapshot:turn on a fresh join.
 
 let vendorLoaded = null;
+const ESCAPES = { c: ":", n: "\n", r: "\r", "\\": "\\" };
 
 function loadScript(url) {
   return new Promise((resolve, reject) => {
@@ -446,7 +447,8 @@ class StompTransport {
         this.client.subscribe(destination, (m) => this.onMessage(m), headers);
       },
       onStompError: (frame) => {
-        const message = frame.headers.message ?? "ERROR";
+        // stompjs leaves STOMP 1.2 header escapes in an ERROR that answers CONNECT (no version agreed yet).
+        const message = (frame.headers.message ?? "ERROR").replace(/\\([cnr\\])/g, (_, c) => ESCAPES[c]);
         this.o.log("error", `STOMP ERROR: ${message}${frame.body ? ` — ${frame.body}` : ""}`);
         if (!/resume with since-seq/.test(message)) {
           this.o.onState("failed", message); // refused (auth, destination): retrying would not help
@@ -699,12 +701,12 @@ class ConsolePage {
       input.setAttribute("aria-invalid", "true");
       this.activity("error", "the conversation id must be a UUID");
       input.focus();
-      return;
+      return false;
     }
     input.removeAttribute("aria-invalid");
     const mode = this.mode();
     if (mode === "stomp") {
-      try { await loadVendor(); } catch { this.activity("error", "STOMP needs `make vendor`"); return; }
+      try { await loadVendor(); } catch { this.activity("error", "STOMP needs `make vendor`"); return false; }
     }
     if (this.conv?.id !== id) {
       // Another conversation: a fresh view. The same one again resumes from its last seq.
@@ -722,24 +724,29 @@ class ConsolePage {
     if (mode === "stomp" && $("sockjs-transport").value) q.set("sockjs", $("sockjs-transport").value);
     history.replaceState(null, "", `${location.pathname}?${q}`);
 
+    let transport = null;
+    const current = (fn) => (...args) => { if (this.transport === transport) fn(...args); }; // ignore a stopped one
     const opts = {
       conversationId: id,
       token: $("token").value.trim(),
       snapshot: $("snapshot").checked,
       sockjsTransport: $("sockjs-transport").value,
       cursor: () => this.conv.lastSeq,
-      onEnvelope: (env, seq, event) => this.onEnvelope(env, seq),
-      onStale: (notice) => this.onStale(notice),
-      onState: (state, detail) => this.setState(state, detail),
-      log: (level, text) => this.activity(level, text),
+      onEnvelope: current((env, seq) => this.onEnvelope(env, seq)),
+      onStale: current((notice) => this.onStale(notice)),
+      onState: current((state, detail) => this.setState(state, detail)),
+      log: current((level, text) => this.activity(level, text)),
     };
-    this.transport = mode === "stomp" ? new StompTransport(opts) : new SseTransport(opts);
+    transport = this.transport = mode === "stomp" ? new StompTransport(opts) : new SseTransport(opts);
     this.setState("connecting");
-    this.transport.start();
+    transport.start();
+    return true;
   }
 
   disconnect() {
-    this.transport?.stop();
+    const transport = this.transport;
+    this.transport = null;
+    transport?.stop();
     this.setState("idle");
   }
 
@@ -812,8 +819,7 @@ class ConsolePage {
     if (this.state === "idle" || this.state === "failed" || this.conv?.id !== id) {
       // Watch first, so the turn's first envelopes are seen live.
       if (this.state !== "idle" && this.state !== "failed") this.disconnect();
-      await this.connect();
-      if (!(await this.waitLive(8000))) { result.textContent = "Not connected: the message was not sent."; return; }
+      if (!(await this.connect()) || !(await this.waitLive(8000))) { result.textContent = "Not connected: the message was not sent."; return; }
     }
     const button = $("send");
     button.disabled = true;

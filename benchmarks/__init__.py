@@ -1,0 +1,1 @@
+"""The fan-out benchmark suite (issue 7): load client, /proc accounting, scenarios, baselines, report."""

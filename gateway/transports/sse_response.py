@@ -1,0 +1,64 @@
+"""A streaming ASGI response for SSE that the gateway can abort, unlike starlette's StreamingResponse.
+
+A viewer that stops reading leaves its writer blocked inside ``send`` forever: it never returns to
+its queue to learn it was cut loose. ``abort()`` interrupts such a writer (and only a writer that is
+writing); a client disconnect does the same. One extra task per viewer watches for the disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import suppress
+
+from starlette.types import Receive, Scope, Send
+
+
+class SseResponse:
+    """ASGI app streaming ``frames``; ``abort()`` ends it at once, even mid-write."""
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+        self._frames = frames
+        self._headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+            (k.lower().encode(), v.encode()) for k, v in headers.items()
+        ]
+        self._task: asyncio.Task[object] | None = None
+        self._aborted = False
+        self.writing = False
+
+    def abort(self, *, only_if_writing: bool = False) -> bool:
+        """Cancel the streaming task; with ``only_if_writing``, only when it is blocked in a write."""
+        if self._task is None or self._aborted or (only_if_writing and not self.writing):
+            return False
+        self._aborted = True
+        self._task.cancel()
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
+        watcher = asyncio.create_task(self._watch(receive))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            async for chunk in self._frames:
+                self.writing = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.writing = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not self._aborted or self._task is None:
+                raise
+            self._task.uncancel()  # our own abort: end the response quietly, the server closes it
+        except OSError:
+            pass  # the peer went away mid-write
+        finally:
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+            await self._frames.aclose()
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.abort()
+                return
