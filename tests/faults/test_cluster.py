@@ -114,8 +114,11 @@ def test_restarted_gateway_resumes_from_the_stored_cursor(
         gw.stop()
         # While no gateway runs, HQ keeps producing: a turn started elsewhere (the simulator's emit).
         for i in range(5):
-            r = httpx.post(f"{sim.url}/_sim/conversations/{conv}/emit", json={"event": "status", "data": {"message": f"m{i}"}},
-                           headers={"Authorization": "Bearer hq_pat_test_secret_token_123"})  # fmt: skip
+            r = httpx.post(
+                f"{sim.url}/_sim/conversations/{conv}/emit",
+                json={"event": "status", "data": {"message": f"m{i}"}},
+                headers={"Authorization": "Bearer hq_pat_test_secret_token_123"},
+            )
             assert r.status_code < 300, r.text
         again = start_gateway(sim.url, port=port, **cluster_env(redis_url))
         resumed = SseViewer(again.url, conv).start(last_event_id=last)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from typing import Any
 
 import httpx
@@ -15,7 +14,6 @@ from gateway.protocols.sse import SseEvent, SseParser
 from tests.clients import SseViewer, assert_dense, eventually
 from tests.integration.conftest import StartGateway, submit
 from tests.servers import ServerProcess
-
 
 N_FAST = 20
 
@@ -158,8 +156,11 @@ def test_slow_viewer_is_coalesced_fast_viewers_untouched(
         await probe.wait_connected()
         fast = [RawSseReader(gw.url, conv).start("ENGINE_RETURN", 60) for _ in range(N_FAST)]
         slow = RawSseReader(gw.url, conv, chunk=1024, pause_s=0.05)
-        await eventually(lambda: f'hqgw_viewers{{transport="sse"}} {N_FAST + 2}.0' in httpx.get(f"{gw.url}/metrics").text,
-                         5, "all viewers attached")  # fmt: skip
+        await eventually(
+            lambda: f'hqgw_viewers{{transport="sse"}} {N_FAST + 2}.0' in httpx.get(f"{gw.url}/metrics").text,
+            5,
+            "all viewers attached",
+        )
         assert submit(gw, conv, "flood [deltas=600] [interval_ms=8] [tools=2]").status_code == 202
         await slow.run("ENGINE_RETURN", timeout=60)
         for v in fast:
@@ -208,8 +209,9 @@ def test_viewer_that_never_reads_is_cut_loose_with_a_reason(
         assert_dense(fast.seqs)  # the reading viewer lost nothing
         await eventually(
             lambda: 'hqgw_viewer_disconnects_total{reason="slow"} 1.0' in httpx.get(f"{gw.url}/metrics").text,
-            10, "the stuck viewer cut loose",
-        )  # fmt: skip
+            10,
+            "the stuck viewer cut loose",
+        )
         stuck.sock.close()
         await fast.stop()
 

@@ -1,4 +1,5 @@
 import asyncio
+import itertools
 
 import orjson
 
@@ -15,8 +16,15 @@ MAPPING = load_mapping()
 def envelopes(events: list[tuple[str, dict]], start: int = 1) -> list[Envelope]:
     out, turn = [], TurnState()
     for i, (name, data) in enumerate(events):
-        env, turn = normalize(HqEvent(name, data, str(i)), seq=start + len(out), conversation_id=CONV, turn=turn,
-                              mapping=MAPPING, now_ms=1_000 + i, info=ConversationInfo())  # fmt: skip
+        env, turn = normalize(
+            HqEvent(name, data, str(i)),
+            seq=start + len(out),
+            conversation_id=CONV,
+            turn=turn,
+            mapping=MAPPING,
+            now_ms=1_000 + i,
+            info=ConversationInfo(),
+        )
         assert env is not None
         out.append(env)
     return out
@@ -52,11 +60,17 @@ def test_coalesce_merges_deltas_drops_superseded_captions_and_keeps_the_rest() -
     out = coalesce(envelopes(TURN))
     stages = [e.stage for e in out]
     # Dropping the superseded captions makes the first three deltas consecutive: one envelope.
-    assert stages == ["USER_INPUT", "ASSISTANT_OUTPUT_DELTA", "MCP_TOOL_CALL", "ASSISTANT_OUTPUT_DELTA", "VERBOSE",
-                      "ASSISTANT_OUTPUT"]  # fmt: skip
+    assert stages == [
+        "USER_INPUT",
+        "ASSISTANT_OUTPUT_DELTA",
+        "MCP_TOOL_CALL",
+        "ASSISTANT_OUTPUT_DELTA",
+        "VERBOSE",
+        "ASSISTANT_OUTPUT",
+    ]
     # Coverage is contiguous: the cursor never skips or repeats a seq.
     assert out[0].first_seq == 1 and out[-1].seq == 10
-    for a, b in zip(out, out[1:], strict=False):
+    for a, b in itertools.pairwise(out):
         assert b.first_seq == a.seq + 1
     merged = body(out[1])
     assert merged["payload"]["text"] == "Hello wor" and merged["auditId"] == 6
@@ -69,8 +83,12 @@ def test_coalesce_merges_deltas_drops_superseded_captions_and_keeps_the_rest() -
 def test_coalesce_never_merges_across_turns_or_other_stages() -> None:
     events = [delta("a"), ("final", {"text": "a"}), ("done", {}), delta("b"), delta("c")]
     out = coalesce(envelopes(events))
-    assert [e.stage for e in out] == ["ASSISTANT_OUTPUT_DELTA", "ASSISTANT_OUTPUT", "ENGINE_RETURN",
-                                      "ASSISTANT_OUTPUT_DELTA"]  # fmt: skip
+    assert [e.stage for e in out] == [
+        "ASSISTANT_OUTPUT_DELTA",
+        "ASSISTANT_OUTPUT",
+        "ENGINE_RETURN",
+        "ASSISTANT_OUTPUT_DELTA",
+    ]
     assert body(out[3])["payload"]["text"] == "bc"
     assert coalesce(out) == out or [e.seq for e in coalesce(out)] == [e.seq for e in out]  # idempotent
 
@@ -81,7 +99,13 @@ def test_turn_view_mid_turn_and_after() -> None:
     for e in envs[:7]:
         view.apply(e)
     p = view.payload()
-    assert (p["turn"], p["running"], p["reply"], p["status"], p["userInput"]) == (1, True, "Hello wor", "still thinking", "q")
+    assert (p["turn"], p["running"], p["reply"], p["status"], p["userInput"]) == (
+        1,
+        True,
+        "Hello wor",
+        "still thinking",
+        "q",
+    )
     assert p["tools"][0]["status"] == "running" and view.last_seq == 7
     for e in envs[7:]:
         view.apply(e)
@@ -98,8 +122,11 @@ def test_hub_slow_subscriber_is_coalesced_not_cut_and_fast_one_untouched() -> No
         slow, _ = await hub.subscribe(CONV, None)
         fast, _ = await hub.subscribe(CONV, None, coalesce=False)
         fast_seen: list[Envelope] = []
-        events = [("gateway.user_input", {"message": "q"})] + [delta(f"{i},") for i in range(300)] + [
-            ("final", {"text": "".join(f"{i}," for i in range(300))})]  # fmt: skip
+        events = (
+            [("gateway.user_input", {"message": "q"})]
+            + [delta(f"{i},") for i in range(300)]
+            + [("final", {"text": "".join(f"{i}," for i in range(300))})]
+        )
         for env in envelopes(events):
             await journal.append(CONV, [env], None)
             hub.publish(CONV, [env])
@@ -111,7 +138,7 @@ def test_hub_slow_subscriber_is_coalesced_not_cut_and_fast_one_untouched() -> No
         assert len(got) < 20
         text = "".join(body(e)["payload"]["text"] for e in got if e.stage == "ASSISTANT_OUTPUT_DELTA")
         assert text == "".join(f"{i}," for i in range(300))
-        assert [e.stage for e in got][0] == "USER_INPUT" and got[-1].stage == "ASSISTANT_OUTPUT"
+        assert next(e.stage for e in got) == "USER_INPUT" and got[-1].stage == "ASSISTANT_OUTPUT"
         # Opted out: the same flood cuts a viewer loose at the hard limit.
         assert fast.failure is None
 
@@ -155,7 +182,8 @@ def test_hub_snapshot_splice_and_o1_updates() -> None:
             got += await sub.next_batch()
         assert [e.seq for e in got] == [6, 7, 8, 9, 10]
         reply = body(snap)["payload"]["reply"] + "".join(
-            body(e)["payload"]["text"] for e in got if e.stage == "ASSISTANT_OUTPUT_DELTA")  # fmt: skip
+            body(e)["payload"]["text"] for e in got if e.stage == "ASSISTANT_OUTPUT_DELTA"
+        )
         assert reply == "Hello world"
         # The view followed the publishes: the next snapshot needs no journal scan.
         assert body(await hub.snapshot(CONV, 9_001))["auditId"] == 10
@@ -169,5 +197,5 @@ def test_caption_is_never_absorbed_by_an_envelope_user_viewers_do_not_see() -> N
     assert texts == ["one"]  # a diagnostic caption never supersedes a visible one
     out = coalesce(envelopes([status("one"), ("agent_active", {"hint": "h"}), status("two"), delta("x")]))
     assert [body(e)["verbose"]["text"] for e in out if e.stage == "VERBOSE" and not e.scope] == ["two"]
-    for a, b in zip(out, out[1:], strict=False):
+    for a, b in itertools.pairwise(out):
         assert b.first_seq == a.seq + 1
