@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench clean venv rabbitmq-stomp
+.PHONY: demo run test lint fmt bench clean venv stack rabbitmq-stomp
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) vendor
 	$(BIN)/hq-gateway demo
+
+# The docker-compose.yml topology from local binaries (redis-server, RabbitMQ, simulator, 2 gateways).
+stack: $(STAMP) vendor
+	scripts/stack.sh
 
 run: $(STAMP) vendor
 	$(BIN)/hq-gateway serve --config config/gateway.toml
