@@ -126,10 +126,13 @@ class ClusteredConversation:
                     await task
             self.leader = None
             self.connected.clear()
+            if not lost.is_set():
+                # Also on shutdown (cancellation): a released lease lets another replica take over now
+                # instead of after the TTL.
+                with suppress(JournalUnavailable, TimeoutError, asyncio.CancelledError):
+                    async with asyncio.timeout(1):
+                        await self.lease.release()
         refused = runner.done() and not runner.cancelled() and upstream.state is UpstreamState.FAILED
-        if not lost.is_set():
-            with suppress(JournalUnavailable):
-                await self.lease.release()
         if refused:
             self.state = UpstreamState.FAILED
         elif runner.done() and not runner.cancelled() and runner.exception() is not None:

@@ -196,3 +196,25 @@ def test_paused_holder_is_fenced_after_losing_its_lease(
             await v.stop()
 
     asyncio.run(main())
+
+
+def test_clean_shutdown_releases_the_lease_for_an_immediate_takeover(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_url: str, conv: str
+) -> None:
+    sim = start_simulator()
+    gws = [start_gateway(sim.url, **cluster_env(redis_url, GATEWAY_REDIS_LEASE_TTL_MS="10000")) for _ in range(2)]
+
+    async def main() -> None:
+        viewers = [SseViewer(gw.url, conv).start() for gw in gws]
+        for v in viewers:
+            await v.wait_connected()
+        holder = await eventually(lambda: next((gw for gw in gws if leading(gw)), None), 10, "a lease holder")
+        survivor = next(gw for gw in gws if gw is not holder)
+        holder.stop()  # SIGTERM: drains viewers, releases the lease
+        stopped = time.monotonic()
+        await eventually(lambda: leading(survivor), 5, "takeover")
+        assert time.monotonic() - stopped < 3, "waited for the 10 s TTL instead of the released lease"
+        for v in viewers:
+            await v.stop()
+
+    asyncio.run(main())
