@@ -1,8 +1,16 @@
 # hq-gateway: slim, non-root, with a healthcheck. Build: docker build -t hq-gateway .
+# The console's STOMP/SockJS browser bundles come from the locked npm packages (no CDN at run time).
+FROM node:20-slim AS vendor
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+COPY --from=vendor /console/node_modules/@stomp/stompjs/bundles/stomp.umd.min.js gateway/static/vendor/
+COPY --from=vendor /console/node_modules/sockjs-client/dist/sockjs.min.js gateway/static/vendor/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -72,8 +72,15 @@ fmt: $(STAMP)
 	$(BIN)/ruff format gateway tests benchmarks
 	$(BIN)/ruff check --fix gateway tests benchmarks
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# BENCH_ARGS=--quick (a few minutes) | --full (10,000 idle viewers, 15+ minutes) | --no-profile (skip py-spy)
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

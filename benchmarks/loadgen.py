@@ -73,8 +73,14 @@ class _Worker:
 
     async def viewer_detail(self, group: str) -> list[dict[str, float]]:
         return [
-            {"frames": v.frames, "bytes": v.bytes, "last_seq": v.last_seq, "last_rx_ms": v.last_rx_ms,
-             "last_latency_ms": v.last_latency_ms, "cut": int(v.closing)}  # fmt: skip
+            {
+                "frames": v.frames,
+                "bytes": v.bytes,
+                "last_seq": v.last_seq,
+                "last_rx_ms": v.last_rx_ms,
+                "last_latency_ms": v.last_latency_ms,
+                "cut": int(v.closing),
+            }
             for v in self.viewers
             if v.spec.group == group
         ]
@@ -94,7 +100,7 @@ class _Worker:
 
 
 def _worker_main(conn: Connection) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:

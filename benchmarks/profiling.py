@@ -23,7 +23,7 @@ def py_spy() -> str | None:
 class Recording:
     """Two py-spy samplers on ``pid`` (raw stacks for the numbers, SVG for people) until ``stop``."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 199) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
         binary = py_spy()
         if binary is None:
             raise RuntimeError("py-spy not installed: pip install py-spy (the bench extra has it)")
@@ -31,10 +31,16 @@ class Recording:
         self.svg = out.with_suffix(".svg")
         common = ["record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--duration", "600"]
         self._procs = [
-            subprocess.Popen([binary, *common, "--format", "raw", "-o", str(self.raw)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL),  # fmt: skip
-            subprocess.Popen([binary, *common, "--format", "flamegraph", "-o", str(self.svg)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),  # fmt: skip
+            subprocess.Popen(
+                [binary, *common, "--format", "raw", "-o", str(self.raw)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [binary, *common, "--format", "flamegraph", "-o", str(self.svg)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
         ]
         time.sleep(0.5)  # attach before the traffic starts
 
@@ -65,13 +71,13 @@ def hotspots(raw: Path, top: int = 15) -> dict[str, Any]:
     by_file: Counter[str] = Counter()
     total = 0
     if not raw.exists():
-        return {"samples": 0, "self": [], "inclusive": [], "self_by_file": []}
+        return {"samples": 0, "self": [], "self_by_file": [], "inclusive": [], "inclusive_gateway": []}
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # the first entry is the thread
+        frames = [_frame_name(f) for f in stack.split(";")]
         if not frames:
             continue
         total += count
@@ -84,4 +90,11 @@ def hotspots(raw: Path, top: int = 15) -> dict[str, Any]:
     def share(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(100.0 * n / total, 1)] for name, n in counter.most_common(top)] if total else []
 
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive), "self_by_file": share(by_file)}
+    ours = Counter({name: n for name, n in inclusive.items() if "(gateway/" in name})
+    return {
+        "samples": total,
+        "self": share(own),
+        "self_by_file": share(by_file),
+        "inclusive": share(inclusive),
+        "inclusive_gateway": share(ours),
+    }

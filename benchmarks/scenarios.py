@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import Collected, LoadClient
-from benchmarks.procstat import cpu_seconds, rss_kib
+from benchmarks.procstat import cpu_seconds, cpu_times, rss_kib
 from benchmarks.profiling import Recording, hotspots
 from benchmarks.targets import EXTRA_EVENTS_PER_TURN, TARGETS, Server, Simulator, Target
 
@@ -41,17 +41,17 @@ class Plan:
     many_conversations: int = 100
     many_viewers: int = 10
     many_rate: float = 2.0
-    many_window_s: float = 5.0
+    many_window_s: float = 4.0
     heavy_conversations: int = 1000
     heavy_rate: float = 1.0
-    heavy_window_s: float = 5.0
+    heavy_window_s: float = 4.0
     slow_viewers: int = 100
     slow_count: int = 10
     slow_deltas: int = 2000
     slow_rate: float = 200.0
     slow_read_bps: float = 32 * 1024
     slow_rcvbuf: int = 8192
-    slow_catchup_cap_s: float = 20.0
+    slow_catchup_cap_s: float = 15.0
     slow_target: str = "gateway-stomp"
     slow_repeat: int = 1
     profile: bool = False
@@ -101,8 +101,9 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 class Bench:
     """Runs scenarios against targets, one fresh server process per (scenario, target)."""
 
-    def __init__(self, plan: Plan, sim: Simulator, client: LoadClient, log_dir: Path, out_dir: Path,
-                 say: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(
+        self, plan: Plan, sim: Simulator, client: LoadClient, log_dir: Path, out_dir: Path, say: Callable[[str], None]
+    ) -> None:
         self.plan = plan
         self.sim = sim
         self.client = client
@@ -113,8 +114,15 @@ class Bench:
 
     # -- building blocks --------------------------------------------------------------------
 
-    def _open(self, target: Target, server: Server, conversations: list[str], per_conversation: int,
-              group: str = "main", **options: Any) -> dict[str, Any]:  # fmt: skip
+    def _open(
+        self,
+        target: Target,
+        server: Server,
+        conversations: list[str],
+        per_conversation: int,
+        group: str = "main",
+        **options: Any,
+    ) -> dict[str, Any]:
         specs = [target.spec(server.port, c, group, **options) for c in conversations for _ in range(per_conversation)]
         started = time.monotonic()
         result = self.client.open(specs)
@@ -123,21 +131,31 @@ class Bench:
             self.say(f"    {result['failed']} of {len(specs)} viewers failed to open: {result['errors'][:2]}")
         return result
 
-    def _attach(self, target: Target, server: Server, conversations: list[str], per_conversation: int,
-                **options: Any) -> dict[str, Any]:  # fmt: skip
+    def _attach(
+        self, target: Target, server: Server, conversations: list[str], per_conversation: int, **options: Any
+    ) -> dict[str, Any]:
         opened = self._open(target, server, conversations, per_conversation, **options)
         server.feed(conversations)
         if not self.sim.wait_upstreams(conversations):
             self.say("    upstreams did not all open within 30 s")
         return opened
 
-    def _turn(self, server: Server, conversations: list[str], viewers: int, deltas: int, interval_ms: float,
-              group: str = "main", grace_s: float = 5.0) -> dict[str, Any]:  # fmt: skip
+    def _turn(
+        self,
+        server: Server,
+        conversations: list[str],
+        viewers: int,
+        deltas: int,
+        interval_ms: float,
+        group: str = "main",
+        grace_s: float = 5.0,
+    ) -> dict[str, Any]:
         """One measured turn per conversation; ``viewers`` is the total watching them."""
         expected = viewers * (deltas + EXTRA_EVENTS_PER_TURN)
         self.client.reset()
-        cpu0, started = cpu_seconds(server.pid), time.monotonic()
-        self.sim.submit(conversations, turn_text(deltas, interval_ms))
+        (user0, sys0), started = cpu_times(server.pid), time.monotonic()
+        client0 = sum(cpu_seconds(pid) for pid in self.client.pids)
+        self.sim.submit(conversations, turn_text(deltas, interval_ms), spread_s=min(1.0, interval_ms / 1000.0))
         deadline = time.monotonic() + (deltas + 2) * interval_ms / 1000.0 + grace_s
         received = 0
         while time.monotonic() < deadline:
@@ -145,10 +163,11 @@ class Bench:
             received = self.client.progress().get(group, 0)
             if received >= expected:
                 break
-        cpu1, wall = cpu_seconds(server.pid), time.monotonic() - started
+        (user1, sys1), wall = cpu_times(server.pid), time.monotonic() - started
+        client_cpu = sum(cpu_seconds(pid) for pid in self.client.pids) - client0
         collected = self.client.collect().get(group)
         messages = collected.messages if collected else 0
-        cpu = cpu1 - cpu0
+        cpu = (user1 - user0) + (sys1 - sys0)
         return {
             "deliveries": messages,
             "expected": expected,
@@ -161,14 +180,17 @@ class Bench:
             "cpu_s": round(cpu, 3),
             "wall_s": round(wall, 3),
             "server_cpu_pct": round(100.0 * cpu / wall, 1),
+            "server_sys_share_pct": round(100.0 * (sys1 - sys0) / cpu, 1) if cpu else None,
+            "client_cpu_pct": round(100.0 * client_cpu / wall, 1),
             "cpu_us_per_delivery": round(1e6 * cpu / messages, 2) if messages else None,
             "deliveries_per_s": round(messages / wall, 1),
             "wire_bytes": collected.wire_bytes if collected else 0,
             "errors": collected.errors[:3] if collected else [],
         }
 
-    def _repeat(self, server: Server, conversations: list[str], viewers: int, deltas: int, interval_ms: float,
-                times: int) -> dict[str, Any]:  # fmt: skip
+    def _repeat(
+        self, server: Server, conversations: list[str], viewers: int, deltas: int, interval_ms: float, times: int
+    ) -> dict[str, Any]:
         runs = [self._turn(server, conversations, viewers, deltas, interval_ms) for _ in range(times)]
         return median_of(runs)
 
@@ -181,15 +203,19 @@ class Bench:
             self.client.close_viewers()
             server.stop()
 
-    def _profile(self, name: str, server: Server, conversations: list[str], viewers: int, deltas: int,
-                 interval_ms: float) -> None:  # fmt: skip
+    def _profile(
+        self, name: str, server: Server, conversations: list[str], viewers: int, deltas: int, interval_ms: float
+    ) -> None:
         recording = Recording(server.pid, self.out_dir / f"profile-{name}")
-        try:
-            run = self._turn(server, conversations, viewers, deltas, interval_ms)
+        try:  # twice the window: more samples
+            run = self._turn(server, conversations, viewers, 2 * deltas, interval_ms)
         finally:
             recording.stop()
-        self.profiles[name] = {"svg": recording.svg.name, "under_profiler": {k: run[k] for k in ("p99_ms",
-                               "cpu_us_per_delivery")}, **hotspots(recording.raw)}  # fmt: skip
+        self.profiles[name] = {
+            "svg": recording.svg.name,
+            "under_profiler": {k: run[k] for k in ("p99_ms", "cpu_us_per_delivery")},
+            **hotspots(recording.raw),
+        }
         self.say(f"    profiled {name}: {self.profiles[name]['samples']} samples → {recording.svg.name}")
 
     # -- scenarios ----------------------------------------------------------------------------
@@ -214,8 +240,14 @@ class Bench:
                 opened_total += opened["opened"]
                 failed_total += opened["failed"]
                 per = (rss - previous) / max(1, opened["opened"])
-                batches.append({"viewers": opened["opened"], "rss_delta_kib": rss - previous,
-                                "kib_per_viewer": round(per, 2), "open_s": opened["open_s"]})  # fmt: skip
+                batches.append(
+                    {
+                        "viewers": opened["opened"],
+                        "rss_delta_kib": rss - previous,
+                        "kib_per_viewer": round(per, 2),
+                        "open_s": opened["open_s"],
+                    }
+                )
                 previous = rss
             cpu0 = cpu_seconds(server.pid)
             time.sleep(3.0)
@@ -249,8 +281,11 @@ class Bench:
             connected = 0
             result: dict[str, Any] = {}
             for step in steps:
-                opened = self._attach(target, server, conversation, step - connected) if connected == 0 else \
-                    self._open(target, server, conversation, step - connected)  # fmt: skip
+                opened = (
+                    self._attach(target, server, conversation, step - connected)
+                    if connected == 0
+                    else self._open(target, server, conversation, step - connected)
+                )
                 connected += opened["opened"]
                 time.sleep(0.5)
                 times = plan.repeat if step == top else 1
@@ -259,8 +294,14 @@ class Bench:
                 curve.append({"viewers": connected, **{k: result.get(k) for k in points}})
             if plan.profile and target_name == "gateway-stomp":
                 self._profile("wide", server, conversation, connected, deltas, interval)
-            return {"viewers": connected, "conversations": 1, "rate_per_s": plan.wide_rate, **result, "curve": curve,
-                    "upstreams": self.sim.upstreams(conversation)}  # fmt: skip
+            return {
+                "viewers": connected,
+                "conversations": 1,
+                "rate_per_s": plan.wide_rate,
+                **result,
+                "curve": curve,
+                "upstreams": self.sim.upstreams(conversation),
+            }
 
         return self._with_server(target_name, body)
 
@@ -278,16 +319,20 @@ class Bench:
             result = self._repeat(server, conversation, opened["opened"], deltas, interval, plan.repeat)
             if plan.profile and target_name == "gateway-stomp":
                 self._profile("fast", server, conversation, opened["opened"], deltas, interval)
-            return {"viewers": opened["opened"], "conversations": 1, "rate_per_s": plan.fast_rate, **result,
-                    "upstreams": self.sim.upstreams(conversation)}  # fmt: skip
+            return {
+                "viewers": opened["opened"],
+                "conversations": 1,
+                "rate_per_s": plan.fast_rate,
+                **result,
+                "upstreams": self.sim.upstreams(conversation),
+            }
 
         return self._with_server(target_name, body)
 
     def many(self, target_name: str) -> dict[str, Any]:
         """Many conversations with a few viewers each, a slow trickle per conversation."""
         plan = self.plan
-        return self._spread(target_name, plan.many_conversations, plan.many_viewers, plan.many_rate,
-                            plan.many_window_s)  # fmt: skip
+        return self._spread(target_name, plan.many_conversations, plan.many_viewers, plan.many_rate, plan.many_window_s)
 
     def upstream_heavy(self, target_name: str) -> dict[str, Any]:
         """1,000 active conversations with one viewer each: exactly one upstream per conversation."""
@@ -305,13 +350,19 @@ class Bench:
             interval = 1000.0 / rate
             deltas = max(1, round(window_s * rate))
             result = self._repeat(server, conversations, opened["opened"], deltas, interval, plan.repeat)
-            return {"viewers": opened["opened"], "conversations": n, "rate_per_s": rate,
-                    "total_events_per_s": rate * n, **result, "upstreams": self.sim.upstreams(conversations)}  # fmt: skip
+            return {
+                "viewers": opened["opened"],
+                "conversations": n,
+                "rate_per_s": rate,
+                "total_events_per_s": rate * n,
+                **result,
+                "upstreams": self.sim.upstreams(conversations),
+            }
 
         return self._with_server(target_name, body)
 
     def slow_mobile(self) -> dict[str, Any]:
-        """Issue 10: 100 viewers, 10 of them reading slowly, a 2,000-delta turn at 200/s; with and without coalescing."""
+        """Issue 10: 100 viewers, 10 reading slowly, a 2,000-delta turn at 200/s; with and without coalescing."""
         plan = self.plan
 
         def body(target: Target, server: Server) -> dict[str, Any]:
@@ -320,9 +371,14 @@ class Bench:
                 for name in variants:
                     slow = 0 if name == "all-fast" else plan.slow_count
                     variants[name].append(self._slow_variant(target, server, slow, coalesce=name != "no-coalesce"))
-            out: dict[str, Any] = {"viewers": plan.slow_viewers, "slow_viewers": plan.slow_count,
-                                   "slow_read_kib_s": plan.slow_read_bps / 1024, "deltas": plan.slow_deltas,
-                                   "rate_per_s": plan.slow_rate, "transport": target.name}  # fmt: skip
+            out: dict[str, Any] = {
+                "viewers": plan.slow_viewers,
+                "slow_viewers": plan.slow_count,
+                "slow_read_kib_s": plan.slow_read_bps / 1024,
+                "deltas": plan.slow_deltas,
+                "rate_per_s": plan.slow_rate,
+                "transport": target.name,
+            }
             for name, runs in variants.items():
                 out[name] = median_of(runs)
             base = out["all-fast"].get("fast_p99_ms")
@@ -339,8 +395,16 @@ class Bench:
         fast = plan.slow_viewers - slow
         self._attach(target, server, conversation, fast, group="fast")
         if slow:
-            self._open(target, server, conversation, slow, group="slow", coalesce=coalesce, rcvbuf=plan.slow_rcvbuf,
-                       rate_bps=plan.slow_read_bps)  # fmt: skip
+            self._open(
+                target,
+                server,
+                conversation,
+                slow,
+                group="slow",
+                coalesce=coalesce,
+                rcvbuf=plan.slow_rcvbuf,
+                rate_bps=plan.slow_read_bps,
+            )
         time.sleep(0.3)
         envelopes = plan.slow_deltas + EXTRA_EVENTS_PER_TURN
         interval = 1000.0 / plan.slow_rate
@@ -361,17 +425,28 @@ class Bench:
                 time.sleep(0.25)
                 detail = self.client.viewer_detail("slow")
             caught = [v for v in detail if v["last_seq"] >= done_seq and not v["cut"]]
+            first_seq = done_seq - envelopes  # the seq before the turn's first envelope
             collected = self.client.collect().get("slow")
-            result.update({
-                "slow_frames": statistics.median(v["frames"] for v in detail) if detail else 0,
-                "slow_kib": round(statistics.median(v["bytes"] for v in detail) / 1024, 1) if detail else 0,
-                "slow_caught_up": len(caught),
-                "slow_cut_loose": sum(int(v["cut"]) for v in detail),
-                "slow_stale_notices": collected.stale if collected else 0,
-                "slow_catch_up_s": round(statistics.median(v["last_latency_ms"] for v in caught) / 1000, 2)
-                if caught else None,
-                "slow_catch_up_max_s": round(max(v["last_latency_ms"] for v in caught) / 1000, 2) if caught else None,
-                "slow_errors": collected.errors[:2] if collected else [],
-            })  # fmt: skip
+            result.update(
+                {
+                    "slow_frames": statistics.median(v["frames"] for v in detail) if detail else 0,
+                    "slow_kib": round(statistics.median(v["bytes"] for v in detail) / 1024, 1) if detail else 0,
+                    "slow_caught_up": len(caught),
+                    "slow_progress_pct": round(
+                        100 * statistics.median((v["last_seq"] - first_seq) / envelopes for v in detail), 1
+                    )
+                    if detail
+                    else None,
+                    "slow_cut_loose": sum(int(v["cut"]) for v in detail),
+                    "slow_stale_notices": collected.stale if collected else 0,
+                    "slow_catch_up_s": round(statistics.median(v["last_latency_ms"] for v in caught) / 1000, 2)
+                    if caught
+                    else None,
+                    "slow_catch_up_max_s": round(max(v["last_latency_ms"] for v in caught) / 1000, 2)
+                    if caught
+                    else None,
+                    "slow_errors": collected.errors[:2] if collected else [],
+                }
+            )
         self.client.close_viewers()
         return result

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,12 +44,28 @@ class Target:
     def limit(self, viewers: int) -> int:
         return min(viewers, self.cap) if self.cap else viewers
 
-    def spec(self, port: int, conversation: str, group: str = "main", *, coalesce: bool = True, rcvbuf: int = 0,
-             rate_bps: float = 0.0) -> ViewerSpec:  # fmt: skip
+    def spec(
+        self,
+        port: int,
+        conversation: str,
+        group: str = "main",
+        *,
+        coalesce: bool = True,
+        rcvbuf: int = 0,
+        rate_bps: float = 0.0,
+    ) -> ViewerSpec:
         common: dict[str, Any] = {"group": group, "rcvbuf": rcvbuf, "rate_bps": rate_bps}
         if self.server == "rabbitmq":
-            return ViewerSpec("stomp", HOST, port, "/ws", destination=f"/topic/convengine.audit.{conversation}",
-                              login="guest", passcode="guest", **common)  # fmt: skip
+            return ViewerSpec(
+                "stomp",
+                HOST,
+                port,
+                "/ws",
+                destination=f"/topic/convengine.audit.{conversation}",
+                login="guest",
+                passcode="guest",
+                **common,
+            )
         if self.kind == "sse":
             query = "" if coalesce else "?coalesce=false"
             return ViewerSpec("sse", HOST, port, f"/api/v1/conversation/stream/{conversation}{query}", **common)
@@ -58,8 +73,15 @@ class Target:
         if self.kind == "sockjs":
             path = f"/ws-convengine/{uuid.uuid4().int % 1000:03d}/{uuid.uuid4().hex[:8]}/websocket"
         headers = () if coalesce else (("coalesce", "false"),)
-        return ViewerSpec(self.kind, HOST, port, path, destination=f"/topic/convengine/audit/{conversation}",
-                          subscribe_headers=headers, **common)  # fmt: skip
+        return ViewerSpec(
+            self.kind,
+            HOST,
+            port,
+            path,
+            destination=f"/topic/convengine/audit/{conversation}",
+            subscribe_headers=headers,
+            **common,
+        )
 
 
 TARGETS: dict[str, Target] = {
@@ -90,8 +112,20 @@ class Simulator:
 
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
-        args = python_module("gateway.simulator", "--port", str(self.port), "--token", TOKEN, "--keepalive-s", "5",
-                             "--no-access-log", "--log-level", "warning", "--seed", "7")  # fmt: skip
+        args = python_module(
+            "gateway.simulator",
+            "--port",
+            str(self.port),
+            "--token",
+            TOKEN,
+            "--keepalive-s",
+            "5",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--seed",
+            "7",
+        )
         self.process: ServerProcess = start_process(
             args, ready_url=f"http://{HOST}:{self.port}/_sim/healthz", log_dir=log_dir, name="simulator"
         )
@@ -128,19 +162,26 @@ class Simulator:
             time.sleep(0.1)
         return False
 
-    def submit(self, conversations: list[str], text: str, concurrency: int = 32) -> None:
-        """Start one scripted turn in each conversation (directly at HQ, as a client would)."""
+    def submit(self, conversations: list[str], text: str, spread_s: float = 0.0, concurrency: int = 32) -> None:
+        """Start one scripted turn in each conversation (directly at HQ), paced evenly over ``spread_s``.
+
+        Pacing keeps many conversations out of phase, as real turns are, instead of one synchronized burst.
+        """
 
         async def run() -> None:
             gate = asyncio.Semaphore(concurrency)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            step = spread_s / len(conversations) if conversations else 0.0
             async with httpx.AsyncClient(base_url=self.url, headers=self._auth, timeout=30) as client:
 
-                async def one(conversation: str) -> None:
+                async def one(i: int, conversation: str) -> None:
+                    await asyncio.sleep(max(0.0, start + i * step - loop.time()))
                     async with gate:
                         reply = await client.post(f"/v1/api/conversations/{conversation}/messages", json={"text": text})
                         reply.raise_for_status()
 
-                await asyncio.gather(*(one(c) for c in conversations))
+                await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations)))
 
         asyncio.run(run())
 
@@ -181,8 +222,7 @@ class Server:
             args = python_module(module, "--port", str(self.port), "--hq", sim.url, "--token", TOKEN)
             env = {}
             ready = f"http://{HOST}:{self.port}/"  # websockets answers 426 to plain HTTP: alive
-        self._process = start_process(args, ready_url=ready, env=env, log_dir=log_dir, name=target.server,
-                                      timeout=30)  # fmt: skip
+        self._process = start_process(args, ready_url=ready, env=env, log_dir=log_dir, name=target.server, timeout=30)
         self.pid = self._process.pid
 
     def feed(self, conversations: list[str]) -> None:
@@ -192,12 +232,29 @@ class Server:
         self.unfeed()
         listing = self._log_dir / f"conversations-{time.monotonic_ns()}.txt"
         listing.write_text("\n".join(conversations))
-        log = (self._log_dir / "rabbit-publisher.log").open("ab")
-        args = python_module("benchmarks.baselines.rabbit_publisher", "--hq", self._sim.url, "--token", TOKEN,
-                             "--conversations", str(listing))  # fmt: skip
-        self._publisher = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
-        log.close()
+        log_path = self._log_dir / f"rabbit-publisher-{time.monotonic_ns()}.log"
+        args = python_module(
+            "benchmarks.baselines.rabbit_publisher",
+            "--hq",
+            self._sim.url,
+            "--token",
+            TOKEN,
+            "--conversations",
+            str(listing),
+        )
+        with log_path.open("wb") as log:
+            self._publisher = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=Path(__file__).parents[1],
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + 15
+        while b"publishing" not in log_path.read_bytes():
+            if self._publisher.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ publisher did not start: {log_path.read_text()[-500:]}")
+            time.sleep(0.05)
 
     def unfeed(self) -> None:
         if self._publisher is not None:
@@ -215,8 +272,12 @@ def ensure_rabbitmq_web_stomp() -> bool:
     if _port_open(RABBIT_WS_PORT):
         return True
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_stomp", "rabbitmq_web_stomp"], capture_output=True,
-                       timeout=60, check=False)  # fmt: skip
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_stomp", "rabbitmq_web_stomp"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if _port_open(RABBIT_WS_PORT):
@@ -231,7 +292,3 @@ def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
-
-
-def python() -> str:
-    return sys.executable

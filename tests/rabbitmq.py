@@ -138,9 +138,9 @@ class Dashboard:
                 seen.setdefault(int(headers["seq"]), (headers, body))
         return seen
 
-    def saw_stage(self, stage: str) -> bool:
-        with self._lock:
-            return any(h.get("stage") == stage for h, _ in self.messages)
+    def saw_stage(self, stage: str, times: int = 1) -> bool:
+        """At least ``times`` distinct envelopes of ``stage`` arrived."""
+        return sum(1 for h, _ in self.unique().values() if h.get("stage") == stage) >= times
 
     def close(self) -> None:
         self._stop.set()

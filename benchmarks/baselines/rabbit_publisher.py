@@ -38,8 +38,12 @@ class Publisher:
 
 async def main(hq_url: str, token: str, conversations: list[str], host: str, port: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(stomp_frame("CONNECT", {"accept-version": "1.2", "host": "/", "login": "guest",
-                                         "passcode": "guest", "heart-beat": "0,0"}))  # fmt: skip
+    writer.write(
+        stomp_frame(
+            "CONNECT",
+            {"accept-version": "1.2", "host": "/", "login": "guest", "passcode": "guest", "heart-beat": "0,0"},
+        )
+    )
     reply = await reader.readuntil(b"\0")
     if not reply.startswith(b"CONNECTED"):
         raise SystemExit(f"rabbitmq refused the publisher: {reply[:300]!r}")

@@ -59,5 +59,12 @@ if __name__ == "__main__":
     parser.add_argument("--hq", required=True, help="simulator base URL")
     parser.add_argument("--token", required=True)
     args = parser.parse_args()
-    uvicorn.run(create_app(args.hq, args.token), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, loop="uvloop", http="httptools")  # fmt: skip
+    uvicorn.run(
+        create_app(args.hq, args.token),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )

@@ -26,10 +26,22 @@ def envelope_body(conversation: str, seq: int, event: str, data: Any, source_id:
     stage = event.upper()
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     payload = dict(data) if isinstance(data, dict) else {"value": data}
-    payload["_meta"] = {"stage": stage, "conversationId": conversation, "intent": None, "state": "RUNNING",
-                        "sourceEvent": event, "sourceEventId": source_id}  # fmt: skip
-    envelope = {"eventType": "AUDIT", "auditId": seq, "stage": stage, "createdAt": now, "payload": payload,
-                "verbose": None}  # fmt: skip
+    payload["_meta"] = {
+        "stage": stage,
+        "conversationId": conversation,
+        "intent": None,
+        "state": "RUNNING",
+        "sourceEvent": event,
+        "sourceEventId": source_id,
+    }
+    envelope = {
+        "eventType": "AUDIT",
+        "auditId": seq,
+        "stage": stage,
+        "createdAt": now,
+        "payload": payload,
+        "verbose": None,
+    }
     return orjson.dumps(envelope)
 
 

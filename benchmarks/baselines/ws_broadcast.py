@@ -63,8 +63,9 @@ async def main(port: int, hq_url: str, token: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     protocols = [Subprotocol("v12.stomp"), Subprotocol("v11.stomp"), Subprotocol("v10.stomp")]
-    async with serve(broadcaster.handler, "127.0.0.1", port, subprotocols=protocols, compression=None,
-                     max_queue=None, backlog=4096):  # fmt: skip
+    async with serve(
+        broadcaster.handler, "127.0.0.1", port, subprotocols=protocols, compression=None, max_queue=None, backlog=4096
+    ):
         print(f"ws-broadcast baseline on 127.0.0.1:{port}", flush=True)
         await stop
     with contextlib.suppress(Exception):

@@ -402,7 +402,10 @@ class StompServerSession:
             headers.append(("receipt-id", receipt))
         data = body.encode()
         headers += [*extra, ("content-type", "text/plain"), ("content-length", str(len(data)))]
-        self._outbox.append(encode_frame(Frame("ERROR", tuple(headers), data), self._version or "1.0"))
+        # Before CONNECTED the client has not switched to escaped headers (stompjs unescapes only
+        # once connected): an ERROR answering CONNECT is written unescaped, as 1.0 would.
+        version = self._version if self._state is SessionState.CONNECTED and self._version else "1.0"
+        self._outbox.append(encode_frame(Frame("ERROR", tuple(headers), data), version))
         self._close()
 
     def _close(self) -> None:

@@ -88,6 +88,7 @@ async def _frames(
     user = not principal.scope.full
     expires_at = principal.expires_at
     metrics = gw.metrics
+    delivered, latency = metrics.delivered.labels("sse"), metrics.fanout_latency.labels("sse")
     async with gw.upstreams.interest(conv):
         first: bytes = b""
         if snapshot:
@@ -128,7 +129,8 @@ async def _frames(
                     chunk = _render(batch, user)
                     if chunk:
                         yield chunk
-                    metrics.delivered.labels("sse").inc(len(batch))
+                    delivered.inc(len(batch))
+                    latency.observe(time.time() - batch[-1].created_ms / 1000)
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:

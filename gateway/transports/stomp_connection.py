@@ -185,6 +185,7 @@ class StompConnection:
         destination = destination_of(entry.conversation)
         session = self.session
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
+        latency = self._gw.metrics.fanout_latency.labels(self._info.transport)
         try:
             while True:
                 batch = await entry.subscriber.next_batch()
@@ -204,6 +205,7 @@ class StompConnection:
                 if frames:
                     await self._write([f.decode() for f in frames])
                     delivered.inc(len(frames))
+                    latency.observe(time.time() - batch[-1].created_ms / 1000)
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:

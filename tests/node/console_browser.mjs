@@ -129,7 +129,8 @@ try {
   // 2. A slower turn from the SSE page; both drop mid-turn and resume from their last seq.
   await submit(sse, opts.turn2);
   for (const p of [stomp, sse]) await p.page.waitForSelector('.turn[data-turn="2"] tr.tool', { timeout });
-  // A DOM click on both at once: Playwright's click() waits for actionability, which can outlast this turn.
+  // A DOM click on both at once: Playwright's click() first waits for stable animation frames, which Chromium
+  // throttles to ~1/s in a page without focus (the console itself renders on a timer too, for the same reason).
   await Promise.all([stomp, sse].map((p) => p.page.$eval("#drop", (button) => button.click())));
   for (const p of [stomp, sse]) {
     await p.page.waitForFunction(() => window.hqConsole.reconnects === 1 && window.hqConsole.state === "live", null, { timeout });

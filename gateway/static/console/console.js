@@ -598,7 +598,7 @@ class ConsolePage {
     this.state = "idle";
     this.reconnects = 0;
     this.wasLive = false;
-    this.frame = 0;
+    this.frame = null;
     this.liveWaiters = [];
     this.stompAvailable = null;
   }
@@ -781,7 +781,16 @@ class ConsolePage {
   }
 
   schedule() {
-    if (!this.frame) this.frame = requestAnimationFrame(() => { this.frame = 0; this.render(); });
+    // Render at most once per frame; the timer covers windows whose frames the browser throttles.
+    if (this.frame) return;
+    const run = () => {
+      if (!this.frame) return;
+      cancelAnimationFrame(this.frame.raf);
+      clearTimeout(this.frame.timer);
+      this.frame = null;
+      this.render();
+    };
+    this.frame = { raf: requestAnimationFrame(run), timer: setTimeout(run, 100) };
   }
 
   render() {
