@@ -278,6 +278,7 @@ def chart(data: dict[str, Any], path: Path) -> bool:
         )
     left.axhline(10, color="grey", linewidth=0.8, linestyle=":")
     left.set_yscale("log")
+    left.set_xscale("log")
     left.set_xlabel("viewers of one conversation (20 events/s)")
     left.set_ylabel("latency emit → viewer, ms")
     left.set_title("wide: latency percentiles vs viewers")

@@ -14,6 +14,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from benchmarks.loadgen import LoadClient
 from benchmarks.procstat import load_average
 from benchmarks.profiling import py_spy
 from benchmarks.scenarios import Bench, Plan
-from benchmarks.targets import RABBIT_CAP, TARGETS, Simulator, ensure_rabbitmq_web_stomp
+from benchmarks.targets import RABBIT_CAP, TARGETS, Simulator, ensure_rabbitmq_web_stomp, wait_rabbitmq
 
 RESULTS = Path(__file__).parent / "results"
 SCENARIOS = ("idle", "wide", "fast", "many", "upstream-heavy", "slow-mobile")
@@ -121,6 +122,34 @@ def _summary(scenario: str, target: str, r: dict[str, Any]) -> str:
     )
 
 
+def _broken(r: dict[str, Any]) -> bool:
+    """Nothing delivered, or viewers refused: the target was not there (not merely slow)."""
+    return bool(r.get("failed")) or r.get("deliveries", 1) == 0
+
+
+def _run_target(
+    run: Callable[[str], dict[str, Any]], scenario: str, target: str, say: Callable[[str], None], notes: list[str]
+) -> dict[str, Any] | None:
+    """One scenario on one target; the shared RabbitMQ gets one retry once its listener is back."""
+    attempts = 2 if target == "rabbitmq" else 1
+    problem = "the RabbitMQ Web-STOMP listener did not come back within 90 s"
+    for attempt in range(attempts):
+        if target == "rabbitmq" and not wait_rabbitmq(90):
+            break
+        say(f"{scenario} {target} …" + (" (retry: the broker's STOMP listener went away)" if attempt else ""))
+        try:
+            r = run(target)
+        except Exception as exc:  # one broken target must not lose the whole run
+            say(f"  FAILED: {type(exc).__name__}: {str(exc)[:300]}")
+            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        if not (target == "rabbitmq" and _broken(r)) or attempt == attempts - 1:
+            return r
+        problem = "nothing delivered / viewers refused"
+    notes.append(f"{scenario}/{target} failed: {problem}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,12 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 run = getattr(bench, scenario.replace("-", "_"))
                 for target in plan.targets[scenario]:
-                    say(f"{scenario} {target} …")
-                    try:
-                        r = run(target)
-                    except Exception as exc:  # one broken target must not lose the whole run
-                        say(f"  FAILED: {type(exc).__name__}: {exc}")
-                        notes.append(f"{scenario}/{target} failed: {type(exc).__name__}: {str(exc)[:200]}")
+                    r = _run_target(run, scenario, target, say, notes)
+                    if r is None:
                         ok = False
                         continue
                     results.setdefault(scenario, {})[target] = r

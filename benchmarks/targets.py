@@ -267,9 +267,19 @@ class Server:
             _stop(self._process.proc, timeout=15)
 
 
+def wait_rabbitmq(timeout: float) -> bool:
+    """Wait for Web-STOMP on 15674: other engineers' fault tests switch the STOMP plugins off for a while."""
+    deadline = time.monotonic() + timeout
+    while not _port_open(RABBIT_WS_PORT):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def ensure_rabbitmq_web_stomp() -> bool:
-    """True when Web-STOMP answers on 15674 (enabling the plugins once if it does not)."""
-    if _port_open(RABBIT_WS_PORT):
+    """True when Web-STOMP answers on 15674 (enabling the plugins if it stays closed for 20 s)."""
+    if wait_rabbitmq(20):
         return True
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(

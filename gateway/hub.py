@@ -208,7 +208,11 @@ class Hub:
             sub.coalesce_after = self.coalesce_after
         # Register before reading the head: anything published meanwhile is queued, not lost.
         self._topics.setdefault(conversation_id, set()).add(sub)
-        head = await self._journal.head(conversation_id)
+        try:
+            head = await self._journal.head(conversation_id)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
         sub.catch_up_to = head.seq
         if since is None:
             sub.cursor = head.seq
@@ -230,7 +234,11 @@ class Hub:
     ) -> tuple[Subscriber, Envelope]:
         """Attach a cursorless subscriber that starts with the turn snapshot, then live after it."""
         sub, _ = await self.subscribe(conversation_id, None, coalesce=coalesce)
-        snap = await self.snapshot(conversation_id, now_ms)
+        try:
+            snap = await self.snapshot(conversation_id, now_ms)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
         sub.cursor = sub.catch_up_to = snap.seq
         return sub, snap
 

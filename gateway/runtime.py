@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from gateway.bridge.redis_store import RedisCursorStore, RedisPinStore
 from gateway.bridge.relay import Bridge
 from gateway.config import Settings
 from gateway.envelope import Envelope, load_mapping
@@ -81,8 +82,17 @@ class Gateway:
         self._submissions: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.bridge: Bridge | None = None  # started and stopped by the app's lifespan
         if settings.bridge_url:
+            cluster: dict[str, Any] = {}
+            if self.redis is not None:
+                # Pins and cursors shared through Redis; only the conversation's lease holder sends.
+                cluster = {
+                    "cursors": RedisCursorStore(self.redis, settings.redis_key_prefix, settings.journal_max_age_s),
+                    "pins": RedisPinStore(self.redis, settings.redis_key_prefix),
+                    "owns": self._leads,
+                    "shared_pins": True,
+                }
             self.bridge = Bridge(settings, journal=self.journal, hub=self.hub, upstreams=self.upstreams,
-                                 metrics=self.metrics)  # fmt: skip
+                                 metrics=self.metrics, **cluster)  # fmt: skip
 
     def remember_submission(self, conversation_id: str, key: str) -> bool:
         """True the first time an idempotency key is seen for a conversation (within an hour)."""
@@ -123,6 +133,11 @@ class Gateway:
             lease_ttl_ms=s.redis_lease_ttl_ms,
             make_upstream=upstream,
         )
+
+    def _leads(self, conversation_id: str) -> bool:
+        """Cluster mode: whether this process holds the conversation's upstream lease."""
+        activation = self.upstreams.get(conversation_id)
+        return isinstance(activation, ClusteredConversation) and activation.is_leader
 
     async def start(self) -> None:
         """Background duties of a running process (the Redis health probe in cluster mode)."""

@@ -25,6 +25,7 @@ from gateway.upstream.registry import UpstreamRegistry
 
 log = logging.getLogger("gateway.bridge")
 
+PIN_SYNC_S = 2.0  # cluster mode: how soon a replica follows pins made elsewhere
 HOUSEKEEPING_S = 0.25  # receipt watchdog, cursor checkpoints, expiry of idle "submitted" pins
 FLUSH_S = 2.0  # at shutdown: how long waiting for the broker to confirm the backlog may delay the exit
 LINK_STOP_S = 3.0
@@ -51,6 +52,7 @@ class Bridge:
         pins: PinStore | None = None,
         link_factory: LinkFactory | None = None,
         owns: Callable[[str], bool] | None = None,
+        shared_pins: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = parse_broker_url(settings.bridge_url)
@@ -76,6 +78,9 @@ class Bridge:
         )
         self._housekeeping: asyncio.Task[None] | None = None
         self._pins_loaded = False
+        # Cluster mode: pins live in Redis; every replica follows them (only the lease holder sends).
+        self._shared_pins = shared_pins
+        self._last_sync = 0.0
         self._stopping = False
         metrics.bridge_lag.set_function(self.sender.lag)
 
@@ -201,6 +206,21 @@ class Bridge:
         for pin in stored:
             await self.pin(pin.conversation_id, pin.kind)
 
+    async def _sync_shared_pins(self) -> None:
+        """Follow pins made or removed by other replicas."""
+        self._last_sync = self._clock()
+        stored = {pin.conversation_id: pin for pin in await self._pin_store.load()}
+        for conversation_id, pin in stored.items():
+            if conversation_id not in self._pinned:
+                await self.pin(conversation_id, pin.kind)
+        for conversation_id, pinned in list(self._pinned.items()):
+            if pinned.pin.kind is not PinKind.CONFIG and conversation_id not in stored:
+                pinned_obj = self._pinned.pop(conversation_id)
+                await pinned_obj.cancel()
+                self.sender.forget(conversation_id)
+                self._upstreams.release(conversation_id, "pin")
+                log.info("pin removed elsewhere conversation=%s", conversation_id)
+
     # ---- housekeeping ----------------------------------------------------------------------------
 
     async def _housekeep(self) -> None:
@@ -216,6 +236,8 @@ class Bridge:
         await self._checkpoint()
         if not self._pins_loaded:
             await self._load_stored_pins()
+        elif self._shared_pins and self._clock() - self._last_sync >= PIN_SYNC_S:
+            await self._sync_shared_pins()
         now, linger = self._clock(), self._settings.bridge_submitted_linger_s
         for pinned in list(self._pinned.values()):
             if pinned.pin.kind is PinKind.SUBMITTED and pinned.idle(now, linger):

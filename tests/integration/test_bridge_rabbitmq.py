@@ -175,3 +175,30 @@ def test_broker_refusing_the_destination_degrades_only_the_bridge(
     detail = ready.json()["checks"]["bridge"]["detail"]
     assert detail["lag"] == len(journal(gw, conv))  # nothing confirmed, nothing forgotten
     assert gw.alive
+
+
+def test_cluster_one_bridger_survives_holder_sigkill_and_pins_persist(
+    broker: None, simulator: ServerProcess, start_gateway: StartGateway, redis_url: str, conv: str,
+    dashboard: Dashboard,
+) -> None:  # fmt: skip
+    env = {**BRIDGE_ENV, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_LEASE_TTL_MS": "1500"}
+    gws = [start_gateway(simulator.url, **env) for _ in range(2)]
+    api = f"{gws[0].url}/api/v1/bridge/conversations"
+    assert httpx.put(f"{api}/{conv}").status_code == 201
+    # The other replica follows the pin through Redis.
+    wait_until(lambda: httpx.get(f"{gws[1].url}/api/v1/bridge/conversations/{conv}").status_code == 200, 10,
+               0.1, "pin visible on the second replica")  # fmt: skip
+    hq_post(simulator, conv, "cluster bridge [deltas=150] [interval_ms=15]")
+    wait_until(lambda: len(dashboard.seqs()) >= 20, 15, 0.05, "bridging under way")
+    # Exactly one replica sends: the lease holder. Kill it mid-turn.
+    leaders = [gw for gw in gws if "hqgw_upstream_connected 1.0" in httpx.get(f"{gw.url}/metrics").text]
+    assert len(leaders) == 1
+    survivor = next(gw for gw in gws if gw is not leaders[0])
+    leaders[0].kill()
+    wait_until(lambda: dashboard.saw_stage("ENGINE_RETURN"), 40, 0.1, "the turn completes on the broker")
+    wait_until(lambda: caught_up(survivor, conv, dashboard), 20, 0.1, "the survivor caught up")
+    assert_dashboard_has_journal(survivor, conv, dashboard)  # at least once, deduplicated by seq: complete
+    # The pin survives a restart of the survivor (stored in Redis).
+    survivor.stop()
+    again = start_gateway(simulator.url, **env)
+    assert httpx.get(f"{again.url}/api/v1/bridge/conversations/{conv}").json()["kind"] == "api"
