@@ -20,6 +20,7 @@ from gateway.errors import ConfigError
 from gateway.ids import BadRequest, conversation_id
 from gateway.logs import configure
 from gateway.transports.http_head import bounded_http_protocol
+from gateway.transports.server import AbortableWebSocketProtocol
 
 DEFAULT_CONFIG = "config/gateway.toml"
 
@@ -76,7 +77,7 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settin
         log_level=level,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        ws="websockets-sansio",
+        ws=AbortableWebSocketProtocol,
         access_log=False,
         **limits,
     )

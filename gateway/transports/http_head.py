@@ -13,11 +13,11 @@ HEAD_TOO_LARGE = b"request head too large\n"
 def bounded_http_protocol(max_head_bytes: int) -> type[asyncio.Protocol] | str:
     """uvicorn's ``http=`` value: httptools with a head bound, or h11 (bounded by its own limit)."""
     try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        from gateway.transports.server import AbortableHttpProtocol
     except ImportError:  # httptools missing: h11 takes h11_max_incomplete_event_size
         return "h11"
 
-    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    class BoundedHttpToolsProtocol(AbortableHttpProtocol):
         """HttpToolsProtocol refusing request heads larger than ``max_head_bytes`` (plus one read)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -28,6 +28,7 @@ from gateway.errors import ConfigError
 from gateway.protocols import sockjs
 from gateway.protocols.sockjs import CloseStatus, PayloadError, QueueOverflow, SockJsSession
 from gateway.transports.pipe import ConnectionInfo, HandlerFactory, PipeHandler
+from gateway.transports.server import abort_of
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,13 @@ class _WebSocketPipe:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await self.ws.close(code, reason)
 
+    def abort(self) -> None:
+        """Hard-close the connection now, even while a write is blocked on a full socket."""
+        self.closed = True
+        hard_abort = abort_of(self.ws.scope)
+        if hard_abort is not None:
+            hard_abort()
+
     async def write(self, text: str) -> None:
         async with self._lock:
             await self._send_locked(text)
@@ -245,8 +253,10 @@ class _WebSocketPipe:
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 await self.ws.send_text(text)
         except (TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
-            # Gone or not reading: drop further writes; the read loop ends with the socket.
+            # Gone or not reading: drop further writes, and drop the socket (a graceful close would
+            # wait for a peer that does not read); the read loop then ends.
             self.closed = True
+            self.abort()
         self.last_write = self._clock()
 
     async def heartbeats(self, interval_s: float) -> None:

@@ -8,10 +8,12 @@ writing); a client disconnect does the same. One extra task per viewer watches f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import suppress
 
 from starlette.types import Receive, Scope, Send
+
+from gateway.transports.server import abort_of
 
 
 class SseResponse:
@@ -23,6 +25,7 @@ class SseResponse:
             (k.lower().encode(), v.encode()) for k, v in headers.items()
         ]
         self._task: asyncio.Task[object] | None = None
+        self._hard_abort: Callable[[], None] | None = None
         self._aborted = False
         self.writing = False
 
@@ -32,10 +35,14 @@ class SseResponse:
             return False
         self._aborted = True
         self._task.cancel()
+        if only_if_writing and self._hard_abort is not None:
+            # The peer stopped reading: a graceful close would wait forever for the buffer to drain.
+            self._hard_abort()
         return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
+        self._hard_abort = abort_of(scope)
         watcher = asyncio.create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})

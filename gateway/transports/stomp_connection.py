@@ -78,6 +78,8 @@ class StompConnection:
         )
         self._subs: dict[str, _Subscription] = {}
         self._write_lock = asyncio.Lock()
+        self._writing = False
+        self._aborted = False
         self._last_in = self._last_out = time.monotonic()
         self._closed = False
         self._timer = asyncio.create_task(self._keepalive(), name="stomp-keepalive")
@@ -152,6 +154,7 @@ class StompConnection:
             notice = None
         else:
             subscriber, notice = await self._gw.hub.subscribe(conv, since, coalesce=coalesce)
+        subscriber.on_fail = self._on_subscriber_fail
         # Decide even when a DISCONNECT packed behind this SUBSCRIBE already closed the session:
         # its RECEIPT still goes out in order; the subscription itself is then not registered.
         self.session.accept_subscribe(req)
@@ -212,6 +215,8 @@ class StompConnection:
             pass  # unsubscribed while a batch was in flight
 
     async def _cut_loose(self, exc: SubscriberStale) -> None:
+        if self._aborted:
+            return
         self._gw.metrics.disconnects.labels(exc.reason).inc()
         if exc.reason == "shutdown":
             await self._pipe.close(1001, "server shutting down; reconnect and resume with since-seq")
@@ -265,11 +270,25 @@ class StompConnection:
 
     async def _write(self, messages: list[str]) -> None:
         async with self._write_lock:
-            if len(messages) == 1:
-                await self._pipe.send(messages[0])
-            else:
-                await self._pipe.send_many(messages)
+            self._writing = True
+            try:
+                if len(messages) == 1:
+                    await self._pipe.send(messages[0])
+                else:
+                    await self._pipe.send_many(messages)
+            finally:
+                self._writing = False
             self._last_out = time.monotonic()
+
+    def _on_subscriber_fail(self, reason: str) -> None:
+        """A subscription was cut loose while a write is stuck on a peer that stopped reading."""
+        abort = getattr(self._pipe, "abort", None)
+        if not self._writing or abort is None or reason == "shutdown" or self._aborted:
+            return  # the delivery loop will see it and send ERROR itself
+        self._aborted = True
+        self._gw.metrics.disconnects.labels(reason).inc()
+        log.info("stomp viewer stuck, cut loose (%s) client=%s", reason, self._info.client)
+        abort()
 
     async def on_close(self) -> None:
         self._closed = True

@@ -37,7 +37,7 @@ def _gateway(log_dir: Path, hq_url: str, **env: str) -> ServerProcess:
         "GATEWAY_HQ_BACKOFF_INITIAL_S": "0.05",
         "GATEWAY_HQ_BACKOFF_MAX_S": "0.5",
         "GATEWAY_SSE_KEEPALIVE_S": "0.5",
-        "GATEWAY_LOG_LEVEL": "debug",
+        "GATEWAY_LOG_LEVEL": "info",
         # The whole suite submits from 127.0.0.1 in mode none (one bucket); test_auth tests the limit itself.
         "GATEWAY_LIMITS_SUBMIT_BURST": "1000",
         **env,

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
+import socket
 import threading
 import time
 from typing import Any
 
+import httpx
 import stomp
 import websockets
 
@@ -194,5 +199,63 @@ def test_connect_timeout(simulator: ServerProcess, start_gateway: Any) -> None:
             async with asyncio.timeout(5):
                 error = str(await ws.recv())
             assert error.startswith("ERROR\n") and "no CONNECT frame in time" in error
+
+    asyncio.run(main())
+
+
+def _masked_text_frame(text: str) -> bytes:
+    """One client→server WebSocket text frame (RFC 6455 §5.3: clients mask)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    header = bytes([0x81])
+    n = len(payload)
+    header += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _stuck_stomp_viewer(gw: ServerProcess, conv: str) -> socket.socket:
+    """A STOMP viewer on a raw socket that subscribes, then never reads again."""
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws-convengine HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: v12.stomp\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    sock.sendall(_masked_text_frame("CONNECT\naccept-version:1.2\nhost:x\nheart-beat:0,0\n\n\x00"))
+    sock.sendall(
+        _masked_text_frame(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\ncoalesce:false\n\n\x00")
+    )
+    return sock
+
+
+def test_slow_stomp_viewer_is_cut_loose_without_slowing_others(
+    simulator: ServerProcess, start_gateway: Any, conv: str
+) -> None:
+    gw = start_gateway(simulator.url, GATEWAY_SOCKET_SNDBUF_BYTES="8192", GATEWAY_HUB_QUEUE_MAX_MESSAGES="50")
+
+    async def main() -> None:
+        fast = SseViewer(gw.url, conv).start()
+        await fast.wait_connected()
+        stuck = _stuck_stomp_viewer(gw, conv)
+        await eventually(lambda: 'hqgw_viewers{transport="websocket"} 1.0' in httpx.get(f"{gw.url}/metrics").text, 5)
+        assert submit(gw, conv, "flood [deltas=600] [tools=10] [interval_ms=1]").status_code == 202
+        await fast.wait_for_stage("ENGINE_RETURN", timeout=30)
+        assert_dense(fast.seqs)  # the reading viewer lost nothing and was not held back
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert 'hqgw_viewer_disconnects_total{reason="slow"} 1.0' in metrics
+        assert 'hqgw_viewers{transport="websocket"} 0.0' in metrics  # its subscription is gone
+        stuck.settimeout(5)  # and its socket was dropped, not left open with full buffers
+        with contextlib.suppress(ConnectionResetError):
+            while stuck.recv(65536):
+                pass
+        stuck.close()
+        await fast.stop()
 
     asyncio.run(main())
