@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 
 import orjson
@@ -16,6 +18,8 @@ from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.runtime import Gateway
 from gateway.transports.sse_response import SseResponse
+
+log = logging.getLogger("gateway.sse")
 
 SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 
@@ -42,6 +46,9 @@ async def stream_endpoint(request: Request) -> Response:
         return denied_response(refusal)
     auth.audit_attach(principal, conv, "sse", f"{request.client.host}" if request.client else "unknown")
     hook = _AbortHook()
+    client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+    request_id = _request_id(request.headers.get("x-request-id"))
+    hook.label = f"conversation={conv} request={request_id} client={client} subject={principal.subject}"
     frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
                      coalesce=coalesce)  # fmt: skip
     response = hook.response = SseResponse(frames, SSE_HEADERS)
@@ -55,10 +62,18 @@ class _AbortHook:
 
     def __init__(self) -> None:
         self.aborted_reason: str | None = None
+        self.label = ""
 
     def __call__(self, reason: str) -> None:
         if self.response is not None and self.response.abort(only_if_writing=True):
             self.aborted_reason = reason
+
+
+def _request_id(raw: str | None) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a fresh one (logs only, never trusted)."""
+    if raw and len(raw) <= 64 and raw.replace("-", "").replace("_", "").isalnum():
+        return raw
+    return uuid.uuid4().hex[:12]
 
 
 def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -98,6 +113,8 @@ async def _frames(
             sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
         sub.on_fail = hook
         metrics.viewers.labels("sse").inc()
+        log.info("sse attach %s since=%s snapshot=%s cursor=%d", hook.label, since, snapshot, sub.cursor)
+        outcome = "client gone"
         if since is not None:
             metrics.resumes.labels(notice.reason if notice else "exact").inc()
         try:
@@ -112,12 +129,14 @@ async def _frames(
                 if expires_at is not None:
                     timeout = min(keepalive, expires_at - time.time())
                     if timeout <= 0:  # the connection ends when its token does
+                        outcome = "token expired"
                         metrics.disconnects.labels("token_expired").inc()
                         yield _expired(sub.cursor)
                         return
                 try:
                     batch = await sub.next_batch(timeout=timeout)
                 except SubscriberStale as exc:
+                    outcome = f"cut loose: {exc.reason}"
                     metrics.disconnects.labels(exc.reason).inc()
                     if exc.reason == "shutdown":
                         yield encode_comment("server shutting down; reconnect with Last-Event-ID")
@@ -136,5 +155,7 @@ async def _frames(
         finally:
             if hook.aborted_reason is not None:  # cut loose mid-write: the except above never ran
                 metrics.disconnects.labels(hook.aborted_reason).inc()
+                outcome = f"cut loose mid-write: {hook.aborted_reason}"
+            log.info("sse detach %s cursor=%d (%s)", hook.label, sub.cursor, outcome)
             metrics.viewers.labels("sse").dec()
             gw.hub.unsubscribe(sub)

@@ -83,6 +83,7 @@ class StompConnection:
         self._last_in = self._last_out = time.monotonic()
         self._closed = False
         self._timer = asyncio.create_task(self._keepalive(), name="stomp-keepalive")
+        log.info("stomp open session=%s transport=%s client=%s", self.session.session_id, info.transport, info.client)
         gw.metrics.connections.labels(info.transport).inc()
 
     async def on_message(self, message: str) -> None:
@@ -163,6 +164,8 @@ class StompConnection:
             upstream_holder.release(conv)
             return
         entry = self._subs[req.id] = _Subscription(conv, subscriber, user=user)
+        log.info("stomp subscribe session=%s id=%s conversation=%s since=%s snapshot=%s cursor=%d",
+                 self.session.session_id, req.id, conv, since, snapshot, subscriber.cursor)  # fmt: skip
         metrics = self._gw.metrics
         metrics.viewers.labels(self._info.transport).inc()
         if since is not None:
@@ -178,6 +181,8 @@ class StompConnection:
         entry = self._subs.pop(sub_id, None)
         if entry is None:
             return
+        log.info("stomp unsubscribe session=%s id=%s conversation=%s cursor=%d",
+                 self.session.session_id, sub_id, entry.conversation, entry.subscriber.cursor)  # fmt: skip
         if entry.task is not None and entry.task is not asyncio.current_task():
             entry.task.cancel()
         self._gw.hub.unsubscribe(entry.subscriber)
@@ -291,6 +296,7 @@ class StompConnection:
         abort()
 
     async def on_close(self) -> None:
+        log.info("stomp close session=%s client=%s", self.session.session_id, self._info.client)
         self._closed = True
         self._timer.cancel()
         for sub_id in list(self._subs):

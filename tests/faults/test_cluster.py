@@ -218,3 +218,29 @@ def test_clean_shutdown_releases_the_lease_for_an_immediate_takeover(
             await v.stop()
 
     asyncio.run(main())
+
+
+def test_late_joiner_snapshot_on_another_process(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_url: str, conv: str
+) -> None:
+    sim = start_simulator()
+    gws = [start_gateway(sim.url, **cluster_env(redis_url)) for _ in range(2)]
+
+    async def main() -> None:
+        full = SseViewer(gws[0].url, conv).start()
+        await full.wait_connected()
+        assert submit(gws[0], conv, "late elsewhere [deltas=150] [interval_ms=10]").status_code == 202
+        await eventually(lambda: full.stages().count("ASSISTANT_OUTPUT_DELTA") >= 30, 10, "reply under way")
+        late = SseViewer(gws[1].url, conv).start(params={"snapshot": "turn"})
+        await full.wait_for_stage("ENGINE_RETURN", timeout=30)
+        await late.wait_for_stage("ENGINE_RETURN", timeout=30)
+        snap = late.envelopes[0]
+        assert snap["stage"] == "TURN_SNAPSHOT" and snap["payload"]["running"] is True
+        assert_dense(late.seqs, first=snap["auditId"])
+        deltas = "".join(e["payload"]["text"] for e in late.envelopes[1:] if e["stage"] == "ASSISTANT_OUTPUT_DELTA")
+        final = next(e for e in full.envelopes if e["stage"] == "ASSISTANT_OUTPUT")["payload"]["text"]
+        assert snap["payload"]["reply"] + deltas == final
+        await full.stop()
+        await late.stop()
+
+    asyncio.run(main())
