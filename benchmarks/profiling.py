@@ -29,7 +29,7 @@ class Recording:
             raise RuntimeError("py-spy not installed: pip install py-spy (the bench extra has it)")
         self.raw = out.with_suffix(".txt")
         self.svg = out.with_suffix(".svg")
-        common = ["record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--duration", "600"]
+        common = ["record", "--pid", str(pid), "--rate", str(rate), "--duration", "600"]
         self._procs = [
             subprocess.Popen(
                 [binary, *common, "--format", "raw", "-o", str(self.raw)],
@@ -90,7 +90,7 @@ def hotspots(raw: Path, top: int = 15) -> dict[str, Any]:
     def share(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(100.0 * n / total, 1)] for name, n in counter.most_common(top)] if total else []
 
-    ours = Counter({name: n for name, n in inclusive.items() if "(gateway/" in name})
+    ours = Counter({n: c for n, c in inclusive.items() if "(gateway/" in n and "(gateway/cli.py)" not in n})
     return {
         "samples": total,
         "self": share(own),

@@ -47,7 +47,7 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
     viewers = _get(res, "wide", "gateway-stomp", "viewers")
     row(
         "p99 ≤ 10 ms, wide (1,000 viewers, 20 events/s), STOMP-WS",
-        f"{p99} ms ({viewers} viewers)",
+        None if p99 is None else f"{p99} ms ({viewers} viewers)",
         None if p99 is None else p99 <= 10,
         others,
     )
@@ -134,9 +134,14 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         for target, result in per_target.items():
             if not isinstance(result, dict) or not target.startswith("gateway"):
                 continue
-            counts = {k: result.get(k, 0) for k in ("gaps", "duplicates", "missing") if result.get(k)}
-            if counts:
-                faults.append(f"{scenario}/{target}: {counts}")
+            parts = {"": result}
+            if scenario == "slow-mobile":
+                parts = {f" {name}": result[name] for name in ("all-fast", "coalesce", "no-coalesce") if name in result}
+            for label, part in parts.items():
+                keys = ("gaps", "duplicates", "missing", "fast_gaps", "fast_duplicates", "fast_missing")
+                counts = {k: part[k] for k in keys if part.get(k)}
+                if counts:
+                    faults.append(f"{scenario}/{target}{label}: {counts}")
     row(
         "zero gaps or duplicates (nothing missing), every gateway scenario",
         f"{len(faults)} with faults",
@@ -163,6 +168,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"# Fan-out benchmark — {data['date']}",
         "",
         f"Machine: {m['cpus']} CPU ({m['cpu_model']}), {m['mem_gib']} GiB, Linux {m['kernel']}, Python {m['python']}. "
+        f"Gateway revision `{data.get('revision', 'unknown')}`. "
         f"Mode `{data['mode']}`, medians of {data['plan']['repeat']} repeats, {data['elapsed_s']:.0f} s in all; "
         f"load average {m['load_before']:.2f} before, {m['load_after']:.2f} after.",
         "",

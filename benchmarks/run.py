@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ def plan_for(args: argparse.Namespace) -> Plan:
             many_window_s=3.0,
             heavy_window_s=3.0,
             slow_catchup_cap_s=10.0,
+            slow_repeat=1,
         )
     elif args.full:
         plan = Plan(
@@ -79,6 +81,24 @@ def plan_for(args: argparse.Namespace) -> Plan:
         for s in DEFAULT_TARGETS
     }
     return plan
+
+
+def revision() -> str:
+    """The commit under test, "+dirty" when gateway/ has local changes (read-only git: no optional locks)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=RESULTS.parents[1], env=env, check=False
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "gateway")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -116,7 +136,7 @@ def _summary(scenario: str, target: str, r: dict[str, Any]) -> str:
             )
         return "; ".join(parts)
     return (
-        f"{r['viewers']}x{r['conversations']}: p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms, "
+        f"{r['conversations']} conv, {r['viewers']} viewers: p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms, "
         f"{r.get('cpu_us_per_delivery')} µs CPU/delivery, missing {r.get('missing')}, gaps {r.get('gaps')}, "
         f"dup {r.get('duplicates')}"
     )
@@ -241,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": plan.mode,
+        "revision": revision(),
         "machine": {**machine(), "load_before": load_before, "load_after": load_average()},
         "plan": plan.as_dict(),
         "elapsed_s": round(time.monotonic() - started, 1),

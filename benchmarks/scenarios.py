@@ -21,7 +21,7 @@ from benchmarks.procstat import cpu_seconds, cpu_times, rss_kib
 from benchmarks.profiling import Recording, hotspots
 from benchmarks.targets import EXTRA_EVENTS_PER_TURN, TARGETS, Server, Simulator, Target
 
-SUM_KEYS = ("missing", "gaps", "duplicates", "stale", "closed")
+SUM_KEYS = ("missing", "gaps", "duplicates", "stale", "closed", "fast_missing", "fast_gaps", "fast_duplicates")
 
 
 @dataclass(slots=True)
@@ -51,9 +51,9 @@ class Plan:
     slow_rate: float = 200.0
     slow_read_bps: float = 32 * 1024
     slow_rcvbuf: int = 8192
-    slow_catchup_cap_s: float = 15.0
+    slow_catchup_cap_s: float = 12.0
     slow_target: str = "gateway-stomp"
-    slow_repeat: int = 1
+    slow_repeat: int = 3
     profile: bool = False
     targets: dict[str, list[str]] = field(default_factory=dict)
 
@@ -415,6 +415,7 @@ class Bench:
             "fast_p99_ms": fast_run["p99_ms"],
             "fast_missing": fast_run["missing"],
             "fast_gaps": fast_run["gaps"],
+            "fast_duplicates": fast_run["duplicates"],
             "server_cpu_s": fast_run["cpu_s"],
         }
         if slow:
