@@ -65,6 +65,7 @@ class Subscriber:
         "coalesce_after",
         "conversation_id",
         "cursor",
+        "direct",
         "failure",
         "on_fail",
     )
@@ -87,6 +88,9 @@ class Subscriber:
         # Called once when the subscriber is cut loose: a transport blocked writing to a peer that
         # stopped reading never calls next_batch again, so it must be interrupted from here.
         self.on_fail: Callable[[str], None] | None = None
+        # Fan-out fast path: when the transport idles, caught up, with nothing queued, an envelope
+        # is written synchronously from publish (no queue, no task wake-up); False falls back.
+        self.direct: Callable[[Envelope], bool] | None = None
         self._coalesce_at = 0
         self._idle = False  # the transport waits for envelopes: a burst is no sign of lag
 
@@ -97,6 +101,16 @@ class Subscriber:
     def offer(self, env: Envelope) -> None:
         """Queue a live envelope; never blocks. Overflow cuts the subscriber loose."""
         if self.failure is not None:
+            return
+        if (
+            self._idle
+            and self.direct is not None
+            and not self._queue
+            and env.first_seq == self.cursor + 1
+            and self.cursor >= self.catch_up_to
+            and self.direct(env)
+        ):
+            self.cursor = env.seq
             return
         self._queue.append(env)
         self._bytes += len(env.body)

@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 ABORT = "hqgw.abort"
+SEND_TEXT_NOWAIT = "hqgw.send_text_nowait"
 
 
 class AbortableHttpProtocol(HttpToolsProtocol):
@@ -33,7 +34,34 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope.setdefault("extensions", {})[ABORT] = self.transport.abort
+            extensions = scope.setdefault("extensions", {})
+            extensions[ABORT] = self.transport.abort
+            extensions[SEND_TEXT_NOWAIT] = self.send_text_nowait
+
+    def send_text_nowait(self, text: str | bytes) -> bool:
+        """Write one text message now, from synchronous code: the fan-out fast path.
+
+        The same steps as ASGI ``websocket.send``, minus the awaits: False (nothing written) when the
+        socket is not writable right now, so the caller falls back to its queue and the async path.
+        """
+        if (
+            self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        # UTF-8 bytes go in as they are: no decode/encode round trip per viewer.
+        self.conn.send_text(text if isinstance(text, bytes) else text.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+
+def send_text_nowait_of(scope: Mapping[str, Any]) -> Callable[[str | bytes], bool] | None:
+    """The synchronous text write of the WebSocket behind ``scope``, when the server provides one."""
+    fast = (scope.get("extensions") or {}).get(SEND_TEXT_NOWAIT)
+    return fast if callable(fast) else None
 
 
 def abort_of(scope: Mapping[str, Any]) -> Callable[[], None] | None:

@@ -28,7 +28,7 @@ from gateway.errors import ConfigError
 from gateway.protocols import sockjs
 from gateway.protocols.sockjs import CloseStatus, PayloadError, QueueOverflow, SockJsSession
 from gateway.transports.pipe import ConnectionInfo, HandlerFactory, PipeHandler
-from gateway.transports.server import abort_of
+from gateway.transports.server import abort_of, send_text_nowait_of
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,18 @@ class _WebSocketPipe:
             with contextlib.suppress(TimeoutError, OSError, RuntimeError, WebSocketDisconnect):
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await self.ws.close(code, reason)
+
+    def send_nowait(self, message: str | bytes) -> bool:
+        """Write one message synchronously if the socket takes it now (fan-out fast path), else False."""
+        if self.closed or self._lock.locked():
+            return False  # a write or close is in flight: keep order through the async path
+        fast = send_text_nowait_of(self.ws.scope)
+        if self.framed:
+            message = sockjs.message_frame([message.decode() if isinstance(message, bytes) else message])
+        if fast is None or not fast(message):
+            return False
+        self.last_write = self._clock()
+        return True
 
     def abort(self) -> None:
         """Hard-close the connection now, even while a write is blocked on a full socket."""
