@@ -9,6 +9,7 @@ in the scope's extensions. Everything works without it (then the socket lingers,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -16,6 +17,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 ABORT = "hqgw.abort"
 SEND_TEXT_NOWAIT = "hqgw.send_text_nowait"
+WRITE_BODY_NOWAIT = "hqgw.write_body_nowait"
 
 
 class AbortableHttpProtocol(HttpToolsProtocol):
@@ -25,6 +27,13 @@ class AbortableHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions: dict[str, Any] = {ABORT: self.transport.abort}
         self.scope["extensions"] = cast(Any, extensions)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = getattr(self, "cycle", None)
+        extensions = cast(dict[str, Any], self.scope.get("extensions"))
+        if cycle is not None and isinstance(extensions, dict):
+            extensions[WRITE_BODY_NOWAIT] = partial(_write_body_nowait, cycle)
 
 
 class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -56,6 +65,31 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_text(text if isinstance(text, bytes) else text.encode())
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+
+def _write_body_nowait(cycle: Any, data: bytes) -> bool:
+    """One streaming body chunk written now from synchronous code (the SSE fan-out fast path).
+
+    The same bytes ASGI ``http.response.body`` (more_body) would write; False when the response is
+    not a started chunked stream or the socket is not writable right now.
+    """
+    if (
+        cycle.disconnected
+        or not cycle.response_started
+        or cycle.response_complete
+        or not cycle.chunked_encoding
+        or cycle.flow.write_paused
+        or cycle.transport.is_closing()
+    ):
+        return False
+    cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+    return True
+
+
+def write_body_nowait_of(scope: Mapping[str, Any]) -> Callable[[bytes], bool] | None:
+    """The synchronous body write of the HTTP response behind ``scope``, when the server provides one."""
+    fast = (scope.get("extensions") or {}).get(WRITE_BODY_NOWAIT)
+    return fast if callable(fast) else None
 
 
 def send_text_nowait_of(scope: Mapping[str, Any]) -> Callable[[str | bytes], bool] | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import orjson
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -17,6 +18,7 @@ from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.runtime import Gateway
+from gateway.transports.server import write_body_nowait_of
 from gateway.transports.sse_response import SseResponse
 
 log = logging.getLogger("gateway.sse")
@@ -49,6 +51,7 @@ async def stream_endpoint(request: Request) -> Response:
     client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
     request_id = _request_id(request.headers.get("x-request-id"))
     hook.label = f"conversation={conv} request={request_id} client={client} subject={principal.subject}"
+    hook.write_nowait = write_body_nowait_of(request.scope)
     frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
                      coalesce=coalesce)  # fmt: skip
     response = hook.response = SseResponse(frames, SSE_HEADERS)
@@ -63,10 +66,32 @@ class _AbortHook:
     def __init__(self) -> None:
         self.aborted_reason: str | None = None
         self.label = ""
+        self.write_nowait: Callable[[bytes], bool] | None = None
 
     def __call__(self, reason: str) -> None:
         if self.response is not None and self.response.abort(only_if_writing=True):
             self.aborted_reason = reason
+
+
+class _DirectSse:
+    """The SSE fan-out fast path: an idle viewer's frame is written from publish, no task wake-up."""
+
+    __slots__ = ("delivered", "user", "write")
+
+    def __init__(self, write: Callable[[bytes], bool], user: bool, delivered: Counter) -> None:
+        self.write, self.user, self.delivered = write, user, delivered
+
+    def __call__(self, env: Envelope) -> bool:
+        if self.user:
+            if env.hidden_from_user:
+                return True  # the viewer sees a seq gap there, by design
+            frame = env.sse_user
+        else:
+            frame = env.sse
+        if not self.write(frame):
+            return False
+        self.delivered.inc()
+        return True
 
 
 def _request_id(raw: str | None) -> str:
@@ -124,6 +149,8 @@ async def _frames(
                 yield encode_event(orjson.dumps(notice.as_dict()), event="stale")
             if first:
                 yield first
+            if hook.write_nowait is not None:
+                sub.direct = _DirectSse(hook.write_nowait, user, delivered)
             while True:
                 timeout = keepalive
                 if expires_at is not None:

@@ -81,7 +81,6 @@ class StompConnection:
         self._write_lock = asyncio.Lock()
         self._writing = False
         self._aborted = False
-        self._direct_delivered = 0
         self._last_in = self._last_out = time.monotonic()
         self._closed = False
         self._timer = asyncio.create_task(self._keepalive(), name="stomp-keepalive")
@@ -249,7 +248,6 @@ class StompConnection:
             if self._expires_at is not None:
                 tick = max(0.01, min(tick, self._expires_at - time.time()))
             await asyncio.sleep(tick)
-            self._flush_delivered()
             now = time.monotonic()
             if self._expires_at is not None and time.time() >= self._expires_at:
                 await self._expire()
@@ -296,6 +294,7 @@ class StompConnection:
         if send_nowait is None:
             return None
         session, user = self.session, entry.user
+        delivered = self._gw.metrics.delivered.labels(self._info.transport)
 
         def direct(env: Envelope) -> bool:
             if self._closed or sub_id not in session.subscriptions:
@@ -305,7 +304,7 @@ class StompConnection:
             if not send_nowait(session.render(template_for(env, destination, user), sub_id)):
                 return False
             self._last_out = time.monotonic()
-            self._direct_delivered += 1  # folded into the metric by the keepalive tick, not per message
+            delivered.inc()
             return True
 
         return direct
@@ -320,13 +319,7 @@ class StompConnection:
         log.info("stomp viewer stuck, cut loose (%s) client=%s", reason, self._info.client)
         abort()
 
-    def _flush_delivered(self) -> None:
-        if self._direct_delivered:
-            self._gw.metrics.delivered.labels(self._info.transport).inc(self._direct_delivered)
-            self._direct_delivered = 0
-
     async def on_close(self) -> None:
-        self._flush_delivered()
         log.info("stomp close session=%s client=%s", self.session.session_id, self._info.client)
         self._closed = True
         self._timer.cancel()
