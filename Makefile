@@ -60,7 +60,8 @@ chromium:
 rabbitmq-stomp:
 	@if command -v rabbitmq-plugins >/dev/null 2>&1; then rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp >/dev/null 2>&1 || true; fi
 
-test: $(STAMP) $(NODE_STAMP) rabbitmq-stomp vendor chromium
+# Lint first: CI fails on lint errors (ruff and mypy are pinned in the dev extra).
+test: lint $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
