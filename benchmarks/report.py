@@ -249,7 +249,8 @@ def markdown(data: dict[str, Any]) -> str:
     for name, prof in data.get("profiles", {}).items():
         out += [
             "",
-            f"## profile: {name} (gateway-stomp, py-spy, {prof['samples']} samples, flame graph `{prof['svg']}`)",
+            f"## profile: {name} ({prof.get('target', 'gateway-stomp')}, py-spy, {prof['samples']} samples, "
+            f"flame graph `{prof['svg']}`)",
             "",
             "| self % | function |",
             "|---|---|",

@@ -1,6 +1,6 @@
 """``make bench`` / ``python -m benchmarks.run [--quick | --full]``: every scenario against every target.
 
-Default: about 8 minutes on the 2-core dev machine. ``--quick`` (~3 minutes, one repeat, smaller N) for
+Default: about 8 minutes on the 2-core dev machine. ``--quick`` (~4 minutes, one repeat, smaller N) for
 development; ``--full`` (10,000 idle viewers, longer windows; 15+ minutes) for the record.
 Writes ``benchmarks/results/<date>.json``, ``latest.json``, ``latest.md`` and ``latest.png``.
 """
@@ -22,9 +22,10 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.loadgen import LoadClient
+from benchmarks.plan import Plan
 from benchmarks.procstat import load_average
 from benchmarks.profiling import py_spy
-from benchmarks.scenarios import Bench, Plan
+from benchmarks.scenarios import Bench
 from benchmarks.targets import RABBIT_CAP, TARGETS, Simulator, ensure_rabbitmq_web_stomp, wait_rabbitmq
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,38 +40,14 @@ DEFAULT_TARGETS = {
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
-    if args.quick:
-        plan = Plan(
-            mode="quick",
-            repeat=1,
-            idle_viewers=1000,
-            window_s=2.0,
-            wide_steps=(100,),
-            many_window_s=3.0,
-            heavy_window_s=3.0,
-            slow_catchup_cap_s=10.0,
-            slow_repeat=1,
-        )
-    elif args.full:
-        plan = Plan(
-            mode="full",
-            repeat=3,
-            idle_viewers=10_000,
-            window_s=5.0,
-            wide_steps=(100, 300, 600),
-            many_window_s=10.0,
-            heavy_window_s=10.0,
-            slow_repeat=3,
-            slow_catchup_cap_s=30.0,
-        )
-    else:
-        plan = Plan()
+    plan = Plan.quick() if args.quick else Plan.full() if args.full else Plan()
     if args.repeat:
         plan.repeat = args.repeat
     if args.idle_viewers:
         plan.idle_viewers = args.idle_viewers
     plan.workers = args.workers
     plan.profile = args.profile and py_spy() is not None
+    plan.profile_targets = tuple(args.profile_targets.split(","))
     wanted = set(args.targets.split(",")) if args.targets else None
     plan.targets = {
         s: [
@@ -190,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the py-spy profile of the gateway under wide and fast (on when py-spy is installed)",
     )
+    parser.add_argument("--profile-targets", default="gateway-stomp", help="targets py-spy'd (default gateway-stomp)")
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ Web-STOMP target")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)

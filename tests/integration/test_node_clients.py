@@ -25,7 +25,7 @@ import pytest
 
 from tests.clients import SseViewer, assert_dense
 from tests.integration.conftest import StartGateway, sim_stats, submit
-from tests.servers import ROOT, ServerProcess
+from tests.servers import ROOT, ServerProcess, wait_until
 
 pytestmark = pytest.mark.usefixtures("node")  # skip (or fail in CI) before any server starts
 
@@ -301,3 +301,22 @@ def test_heartbeats_both_ways_keep_stompjs_connected(
         assert summary["socketCloses"] == [], (transport, summary)
         assert summary["pongs"] >= 4 and summary["pings"] >= 4, (transport, summary)
         assert_whole_turn(client, gw, simulator, conv)
+
+
+@pytest.mark.parametrize("transport", ["sockjs", "websocket"])
+def test_late_joiner_snapshot_with_the_seed_client(
+    gateway: ServerProcess, conv: str, js_client: Any, transport: str
+) -> None:
+    """stompjs joins mid-reply with snapshot:turn: one TURN_SNAPSHOT, then exactly the rest."""
+    assert submit(gateway, conv, "late stompjs [deltas=150] [interval_ms=10]").status_code == 202
+    wait_until(lambda: len(journal(gateway, conv)) > 40, 10, what="reply under way")
+    client = js_client(gateway, conv, transport=transport, subscribeHeaders={"snapshot": "turn"})
+    client.wait_ready()
+    client.finish(timeout=30)
+    snap = client.messages[0]["body"]
+    assert snap["stage"] == "TURN_SNAPSHOT" and snap["payload"]["running"] is True
+    seqs = client.seqs
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and seqs[0] == snap["auditId"]
+    rest = "".join(b["payload"]["text"] for b in client.bodies[1:] if b["stage"] == "ASSISTANT_OUTPUT_DELTA")
+    final = next(e for e in journal(gateway, conv) if e["stage"] == "ASSISTANT_OUTPUT")["payload"]["text"]
+    assert snap["payload"]["reply"] + rest == final

@@ -12,6 +12,7 @@
 //                 "xhr-streaming", "xhr-polling", "eventsource"): SockJS forced to that one
 //   subprotocols  raw WebSocket only: webSocketFactory returning new WebSocket(url, subprotocols)
 //   sinceSeq      SUBSCRIBE header since-seq on the first subscription
+//   subscribeHeaders  extra SUBSCRIBE headers, e.g. {"snapshot": "turn"}
 //   count         stop after this many MESSAGE frames (default: stop at stage ENGINE_RETURN)
 //   stopStage     stage that ends the run (default "ENGINE_RETURN"; null: only count or timeout)
 //   stopStages    how many envelopes of stopStage end the run (default 1)
@@ -85,7 +86,7 @@ const config = {
     stats.connects += 1;
     const connectNo = stats.connects;
     const receipt = `ready-${connectNo}`;
-    const headers = { receipt };
+    const headers = { receipt, ...(opts.subscribeHeaders ?? {}) };
     const since = lastSeq ?? opts.sinceSeq;
     if (since !== undefined && since !== null) headers["since-seq"] = String(since);
     client.watchForReceipt(receipt, () => {
