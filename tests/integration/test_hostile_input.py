@@ -253,7 +253,8 @@ def test_fuzzing_leaves_the_server_up_and_other_viewers_whole(fuzz_gateway: Serv
         url = f"{gw.url}/api/v1/conversation/stream/{path_id}"
         try:
             with httpx.Client(timeout=5) as c, c.stream("GET", url, headers=headers, params=params) as r:
-                assert r.status_code in (200, 400, 401, 403, 404, 405), r.status_code
+                # 307: a path ending in "/" is redirected by the router, which is an answer, not a crash.
+                assert r.status_code in (200, 307, 400, 401, 403, 404, 405), r.status_code
                 if r.status_code != 200:
                     assert admin not in r.read().decode()
         except (httpx.InvalidURL, httpx.LocalProtocolError):
