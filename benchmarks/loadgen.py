@@ -60,6 +60,7 @@ class _Worker:
     async def reset(self, _: object) -> None:
         for stats in self.stats.values():
             stats.latencies = array("d")
+            stats.delta_latencies = array("d")
             stats.messages = stats.wire_bytes = stats.gaps = stats.duplicates = stats.stale = stats.closed = 0
             stats.errors.clear()
         for viewer in self.viewers:
@@ -118,6 +119,7 @@ class Collected:
     """One group's merged results."""
 
     latencies: array = field(default_factory=lambda: array("d"))
+    delta_latencies: array = field(default_factory=lambda: array("d"))
     messages: int = 0
     wire_bytes: int = 0
     gaps: int = 0
@@ -177,6 +179,7 @@ class LoadClient:
             for group, part in answer.items():
                 into = merged[group]
                 into.latencies.frombytes(part["latencies"])
+                into.delta_latencies.frombytes(part["delta_latencies"])
                 for key in ("messages", "wire_bytes", "gaps", "duplicates", "stale", "closed"):
                     setattr(into, key, getattr(into, key) + part[key])
                 into.errors.extend(part["errors"])

@@ -35,12 +35,16 @@ def percentile(ordered: list[float], q: float) -> float:
 
 def latency_summary(collected: Collected | None) -> dict[str, float]:
     ordered = sorted(collected.latencies) if collected else []
+    deltas = sorted(collected.delta_latencies) if collected else []
     return {
         "p50_ms": round(percentile(ordered, 50), 2),
         "p90_ms": round(percentile(ordered, 90), 2),
         "p99_ms": round(percentile(ordered, 99), 2),
         "p999_ms": round(percentile(ordered, 99.9), 2),
         "max_ms": round(ordered[-1], 2) if ordered else float("nan"),
+        # The paced reply deltas alone: the turn's closing burst (usage, final, done at once) left out.
+        "p50_delta_ms": round(percentile(deltas, 50), 2),
+        "p99_delta_ms": round(percentile(deltas, 99), 2),
     }
 
 

@@ -39,9 +39,9 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"target": goal, "measured": value, "verdict": verdict, "detail": detail})
 
     p99 = _get(res, "wide", "gateway-stomp", "p99_ms")
-    others = ", ".join(
-        f"{t} {_get(res, 'wide', t, 'p99_ms')} ms"
-        for t in ("gateway-sockjs", "gateway-sse")
+    others = "; ".join(
+        f"{t} {_get(res, 'wide', t, 'p99_ms')} ms (deltas only {_get(res, 'wide', t, 'p99_delta_ms')} ms)"
+        for t in ("gateway-stomp", "gateway-sockjs", "gateway-sse", "ws-baseline", "sse-baseline")
         if _get(res, "wide", t, "p99_ms") is not None
     )
     viewers = _get(res, "wide", "gateway-stomp", "viewers")
@@ -185,9 +185,9 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             f"## {scenario}",
             "",
-            "| target | viewers x conv | deliveries/s | p50 ms | p99 ms | max ms | CPU µs/delivery | vs bare | "
-            "vs RabbitMQ | server CPU % | gaps/dup/missing | one upstream each |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| target | viewers x conv | deliveries/s | p50 ms | p99 ms | p99 deltas ms | max ms | CPU µs/delivery | "
+            "vs bare | vs RabbitMQ | server CPU % | gaps/dup/missing | one upstream each |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for target, r in res[scenario].items():
             base = _baseline(target)
@@ -199,7 +199,8 @@ def markdown(data: dict[str, Any]) -> str:
             one = f"{up.get('exactly_one_open')}/{up.get('conversations')}" if up else "-"
             out.append(
                 f"| {target} | {r.get('viewers')} x {r.get('conversations')} | {_fmt(r.get('deliveries_per_s'))} | "
-                f"{_fmt(r.get('p50_ms'))} | {_fmt(r.get('p99_ms'))} | {_fmt(r.get('max_ms'))} | "
+                f"{_fmt(r.get('p50_ms'))} | {_fmt(r.get('p99_ms'))} | {_fmt(r.get('p99_delta_ms'))} | "
+                f"{_fmt(r.get('max_ms'))} | "
                 f"{_fmt(r.get('cpu_us_per_delivery'))} | {_fmt(vs_bare) + 'x' if vs_bare else '-'} | "
                 f"{_fmt(vs_rabbit) + 'x' if vs_rabbit and target != 'rabbitmq' else '-'} | "
                 f"{_fmt(r.get('server_cpu_pct'))} | "

@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         "2 cores."
     )
     notes.append(
+        "p99 deltas: the paced reply deltas alone. Every turn ends with token_usage, final (the whole reply) and "
+        "done emitted at once; at 1,000 viewers that 3-envelope burst sets the overall p99."
+    )
+    notes.append(
         "Viewers negotiate no heart-beats and no permessage-deflate; baselines send envelope-shaped bodies "
         "of the same size class, encoded once per event."
     )

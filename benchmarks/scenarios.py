@@ -90,7 +90,7 @@ class Bench(SlowMobile):
                 time.sleep(0.5)
                 times = plan.repeat if step == top else 1
                 result = self._repeat(server, conversation, connected, deltas, interval, times)
-                points = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "cpu_us_per_delivery")
+                points = ("p50_ms", "p90_ms", "p99_ms", "max_ms", "p99_delta_ms", "cpu_us_per_delivery")
                 curve.append({"viewers": connected, **{k: result.get(k) for k in points}})
             if plan.profile and target_name in plan.profile_targets:
                 self._profile(profile_name("wide", target_name), server, conversation, connected, deltas, interval)

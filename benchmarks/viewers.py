@@ -20,6 +20,8 @@ import orjson
 from benchmarks import wire
 
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+# Gateway and baselines alike name the HQ event in payload._meta: the paced deltas, not the turn's closing burst.
+_DELTA = b'"sourceEvent":"text_delta"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class GroupStats:
     """What one group of viewers received since the last reset."""
 
     latencies: array = field(default_factory=lambda: array("d"))
+    delta_latencies: array = field(default_factory=lambda: array("d"))  # reply-text deltas only: steady state
     messages: int = 0
     wire_bytes: int = 0
     gaps: int = 0  # missing seqs
@@ -60,6 +63,7 @@ class GroupStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "latencies": self.latencies.tobytes(),
+            "delta_latencies": self.delta_latencies.tobytes(),
             "messages": self.messages,
             "wire_bytes": self.wire_bytes,
             "gaps": self.gaps,
@@ -160,6 +164,8 @@ class Viewer(asyncio.Protocol):
         if emitted is not None:
             latency = now_ms - emitted
             stats.latencies.append(latency)
+            if _DELTA in body:
+                stats.delta_latencies.append(latency)
             self.last_latency_ms = latency
         self.last_rx_ms = now_ms
         if seq is None:
