@@ -9,6 +9,7 @@ in the scope's extensions. Everything works without it (then the socket lingers,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from functools import partial
 from typing import Any, cast
 
@@ -23,17 +24,22 @@ WRITE_BODY_NOWAIT = "hqgw.write_body_nowait"
 class AbortableHttpProtocol(HttpToolsProtocol):
     """httptools protocol whose request scopes carry the transport's abort."""
 
+    # These hooks lean on uvicorn internals (scope, cycle, transport): if a uvicorn release changes
+    # them, the hooks switch themselves off and the gateway falls back to plain ASGI.
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        extensions: dict[str, Any] = {ABORT: self.transport.abort}
-        self.scope["extensions"] = cast(Any, extensions)
+        with suppress(AttributeError, TypeError):
+            extensions: dict[str, Any] = {ABORT: self.transport.abort}
+            self.scope["extensions"] = cast(Any, extensions)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
-        cycle = getattr(self, "cycle", None)
-        extensions = cast(dict[str, Any], self.scope.get("extensions"))
-        if cycle is not None and isinstance(extensions, dict):
-            extensions[WRITE_BODY_NOWAIT] = partial(_write_body_nowait, cycle)
+        with suppress(AttributeError, TypeError):
+            cycle = getattr(self, "cycle", None)
+            extensions = cast(Any, self.scope.get("extensions"))
+            if cycle is not None and isinstance(extensions, dict) and _has_body_internals(cycle):
+                extensions[WRITE_BODY_NOWAIT] = partial(_write_body_nowait, cycle)
 
 
 class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -42,7 +48,7 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
-        if scope is not None:
+        if scope is not None and all(hasattr(self, a) for a in ("conn", "writable", "disconnected", "close_sent")):
             extensions = scope.setdefault("extensions", {})
             extensions[ABORT] = self.transport.abort
             extensions[SEND_TEXT_NOWAIT] = self.send_text_nowait
@@ -65,6 +71,11 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_text(text if isinstance(text, bytes) else text.encode())
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+
+def _has_body_internals(cycle: Any) -> bool:
+    names = ("disconnected", "response_started", "response_complete", "chunked_encoding", "flow", "transport")
+    return all(hasattr(cycle, name) for name in names) and hasattr(cycle.flow, "write_paused")
 
 
 def _write_body_nowait(cycle: Any, data: bytes) -> bool:
