@@ -40,6 +40,21 @@ async def _refused(request: Request, conv: str | None) -> Response | None:
     return None
 
 
+async def _target(request: Request, *, with_since: bool = False) -> tuple[Bridge, str, int | None] | Response:
+    """The bridge, the conversation id (and ``?since_seq`` when asked) of a per-conversation call, or its refusal."""
+    bridge = _bridge(request)
+    if bridge is None:
+        return _error(*DISABLED)
+    try:
+        conv = conversation_id(request.path_params["conversationId"])
+        since = seq_cursor(request.query_params.get("since_seq"), "since_seq") if with_since else None
+    except BadRequest as exc:
+        return _error(400, "bad_request", str(exc))
+    if (refusal := await _refused(request, conv)) is not None:
+        return refusal
+    return bridge, conv, since
+
+
 async def list_pins(request: Request) -> Response:
     """GET /api/v1/bridge/conversations: every pin with its cursor and lag."""
     bridge = _bridge(request)
@@ -53,15 +68,10 @@ async def list_pins(request: Request) -> Response:
 
 async def get_pin(request: Request) -> Response:
     """GET /api/v1/bridge/conversations/{id}: one pin, 404 when the conversation is not bridged."""
-    bridge = _bridge(request)
-    if bridge is None:
-        return _error(*DISABLED)
-    try:
-        conv = conversation_id(request.path_params["conversationId"])
-    except BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
-    if (refusal := await _refused(request, conv)) is not None:
-        return refusal
+    target = await _target(request)
+    if isinstance(target, Response):
+        return target
+    bridge, conv, _ = target
     pinned = bridge.get(conv)
     if pinned is None:
         return _error(404, "not_pinned", f"conversation {conv} is not bridged")
@@ -70,16 +80,10 @@ async def get_pin(request: Request) -> Response:
 
 async def put_pin(request: Request) -> Response:
     """PUT: pin (201) or confirm a pin (200); ``?since_seq=N`` starts a new pin after seq N."""
-    bridge = _bridge(request)
-    if bridge is None:
-        return _error(*DISABLED)
-    try:
-        conv = conversation_id(request.path_params["conversationId"])
-        since = seq_cursor(request.query_params.get("since_seq"), "since_seq")
-    except BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
-    if (refusal := await _refused(request, conv)) is not None:
-        return refusal
+    target = await _target(request, with_since=True)
+    if isinstance(target, Response):
+        return target
+    bridge, conv, since = target
     if since is not None and bridge.get(conv) is not None:
         return _error(409, "already_pinned", "since_seq only applies to a new pin: DELETE it first")
     try:
@@ -93,15 +97,10 @@ async def put_pin(request: Request) -> Response:
 
 async def delete_pin(request: Request) -> Response:
     """DELETE: unpin (204); 404 when the conversation was not bridged."""
-    bridge = _bridge(request)
-    if bridge is None:
-        return _error(*DISABLED)
-    try:
-        conv = conversation_id(request.path_params["conversationId"])
-    except BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
-    if (refusal := await _refused(request, conv)) is not None:
-        return refusal
+    target = await _target(request)
+    if isinstance(target, Response):
+        return target
+    bridge, conv, _ = target
     try:
         removed = await bridge.unpin(conv)
     except Exception as exc:
