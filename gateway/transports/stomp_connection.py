@@ -297,11 +297,15 @@ class StompConnection:
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
 
         def direct(env: Envelope) -> bool:
-            if self._closed or sub_id not in session.subscriptions:
+            if self._closed:
                 return False
             if user and env.hidden_from_user:
                 return True  # the viewer sees a seq gap there, by design
-            if not send_nowait(session.render(template_for(env, destination, user), sub_id)):
+            try:
+                frame = session.render(template_for(env, destination, user), sub_id)
+            except KeyError:  # unsubscribed meanwhile (no per-message mapping view on this hot path)
+                return False
+            if not send_nowait(frame):
                 return False
             self._last_out = time.monotonic()
             delivered.inc()
