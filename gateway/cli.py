@@ -68,6 +68,7 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settin
             "http": bounded_http_protocol(settings.max_header_bytes),
             "h11_max_incomplete_event_size": settings.max_header_bytes,
             "ws_max_size": settings.stomp_max_frame_bytes + 1024,
+            "ws_per_message_deflate": settings.websocket_compression,
         }
     return uvicorn.Config(
         app,

@@ -104,6 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", "server", "log_format", str, "human", _one_of("human", "json")),
     Setting("public_url", "server", "public_url", str, ""),
     Setting("socket_sndbuf_bytes", "server", "socket_sndbuf_bytes", int, 131072, _range(0, 64 << 20)),
+    Setting("websocket_compression", "server", "websocket_compression", bool, False),
     Setting("hq_base_url", "hq", "base_url", str, "http://127.0.0.1:8090", _url("http", "https")),
     Setting("hq_token", "hq", "token", str, "hq_pat_simulator"),
     Setting("hq_connect_timeout_s", "hq", "connect_timeout_s", float, 5.0, _range(0.1, 120)),
@@ -183,6 +184,7 @@ class Settings:
     log_format: str = "human"
     public_url: str = ""
     socket_sndbuf_bytes: int = 131072
+    websocket_compression: bool = False
     hq_base_url: str = "http://127.0.0.1:8090"
     hq_token: str = field(default="hq_pat_simulator", repr=False)
     hq_connect_timeout_s: float = 5.0

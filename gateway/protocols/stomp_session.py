@@ -223,8 +223,8 @@ class StompServerSession:
         self._outbox: deque[bytes | _Slot] = deque()
         self._claimed: dict[str, SubscribeRequest] = {}  # received, possibly not yet accepted
         self._subscriptions: dict[str, Subscription] = {}
-        # Per subscription: MESSAGE bytes up to the message-id value, and whether 1.2 wants an ack header.
-        self._prefixes: dict[str, tuple[bytes, bool]] = {}
+        # (prefix, ack header?, message-id suffix, render key): see ``render`` and ``render_key``.
+        self._prefixes: dict[str, tuple[bytes, bool, bytes, bytes]] = {}
         self._message_count = 0
 
     @property
@@ -319,8 +319,12 @@ class StompServerSession:
         slot.data = self._receipt(request.receipt)
         if self._claimed.get(request.id) is request and self._state is not SessionState.CLOSED:
             self._subscriptions[request.id] = Subscription(request.destination, request.ack)
-            prefix = f"MESSAGE\nsubscription:{escape_header(request.id, self._version or '1.0')}\nmessage-id:"
-            self._prefixes[request.id] = (prefix.encode(), self._version == "1.2" and request.ack != "auto")
+            version = self._version or "1.0"
+            escaped = escape_header(request.id, version)
+            prefix = f"MESSAGE\nsubscription:{escaped}\nmessage-id:".encode()
+            with_ack = self._version == "1.2" and request.ack != "auto"
+            key = b"%s|%d|%s" % (version.encode(), with_ack, prefix)
+            self._prefixes[request.id] = (prefix, with_ack, f"-{escaped}".encode(), key)
 
     def accept_send(self, request: SendRequest) -> None:
         """Acknowledge a SEND the app has handled: its RECEIPT if one was asked for."""
@@ -358,14 +362,30 @@ class StompServerSession:
         )
 
     def render(self, template: MessageTemplate, subscription_id: str) -> bytes:
-        """The fan-out fast path: ``template`` for one subscription; KeyError if it is gone."""
-        prefix, with_ack = self._prefixes[subscription_id]
-        self._message_count += 1
-        message_id = str(self._message_count).encode()
+        """The fan-out fast path: ``template`` for one subscription; KeyError if it is gone.
+
+        The message-id is ``<seq>-<subscription>``: unique in the session (a subscription sees a
+        seq once), and the same bytes for every session with this subscription id, version and ack
+        mode, so the whole frame can be encoded once and shared (see ``render_key``).
+        """
+        prefix, with_ack, id_suffix, _ = self._prefixes[subscription_id]
+        seq = template.seq
+        message_id = self._next_message_id().encode() if seq is None else b"%d%s" % (seq, id_suffix)
         tail = template.tail(self._version or "1.0")
         if with_ack:  # STOMP 1.2 §MESSAGE
             return b"".join((prefix, message_id, b"\nack:", message_id, b"\n", tail))
         return b"".join((prefix, message_id, b"\n", tail))
+
+    def subscribed(self, subscription_id: str) -> bool:
+        """Whether MESSAGEs for this subscription may still be sent (it was accepted, not unsubscribed)."""
+        return subscription_id in self._prefixes
+
+    def render_key(self, subscription_id: str) -> bytes:
+        """What ``render`` output depends on besides the template: equal keys, equal bytes (seq'd templates).
+
+        KeyError if the subscription is gone.
+        """
+        return self._prefixes[subscription_id][3]
 
     def _next_message_id(self) -> str:
         self._message_count += 1

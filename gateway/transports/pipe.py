@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,15 @@ class Pipe(Protocol):
     async def send_many(self, messages: list[str]) -> None: ...  # a burst: one SockJS frame, fewer writes
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@runtime_checkable
+class SharedWirePipe(Protocol):
+    """A pipe whose messages can be encoded once and the same bytes written to many such pipes."""
+
+    def wire_encoder(self) -> tuple[str, Callable[[bytes], bytes]] | None: ...  # (format, encode) or None
+
+    def write_wire_nowait(self, wire: bytes) -> bool: ...  # False: not written, use the async path
 
 
 class PipeHandler(Protocol):

@@ -8,6 +8,7 @@ in the scope's extensions. Everything works without it (then the socket lingers,
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from functools import partial
@@ -15,9 +16,12 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 ABORT = "hqgw.abort"
 SEND_TEXT_NOWAIT = "hqgw.send_text_nowait"
+WRITE_FRAME_NOWAIT = "hqgw.write_frame_nowait"
+PLAIN_FRAMES = "hqgw.plain_frames"
 WRITE_BODY_NOWAIT = "hqgw.write_body_nowait"
 
 
@@ -52,6 +56,9 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
             extensions = scope.setdefault("extensions", {})
             extensions[ABORT] = self.transport.abort
             extensions[SEND_TEXT_NOWAIT] = self.send_text_nowait
+            if all(hasattr(self.conn, a) for a in ("extensions", "expect_continuation_frame", "state")):
+                extensions[WRITE_FRAME_NOWAIT] = self.write_frame_nowait
+                extensions[PLAIN_FRAMES] = self.plain_frames
 
     def send_text_nowait(self, text: str | bytes) -> bool:
         """Write one text message now, from synchronous code: the fan-out fast path.
@@ -59,18 +66,54 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         The same steps as ASGI ``websocket.send``, minus the awaits: False (nothing written) when the
         socket is not writable right now, so the caller falls back to its queue and the async path.
         """
-        if (
-            self.disconnected
-            or self.close_sent
-            or not self.handshake_complete
-            or not self.writable.is_set()
-            or self.transport.is_closing()
-        ):
+        if not self._writable_now():
             return False
         # UTF-8 bytes go in as they are: no decode/encode round trip per viewer.
         self.conn.send_text(text if isinstance(text, bytes) else text.encode())
         self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+    def plain_frames(self) -> bool:
+        """True once open with no extension negotiated: frames are the same bytes on every connection."""
+        return self.handshake_complete and not self.conn.extensions
+
+    def write_frame_nowait(self, frame: bytes) -> bool:
+        """Write one complete, pre-encoded text frame (``ws_text_frame``) now: fan-out's shared bytes.
+
+        A server frame is unmasked, so one message is the same bytes on every connection that
+        negotiated no extension; False (nothing written) when this one did (permessage-deflate
+        compresses per connection), or is not writable right now.
+        """
+        conn = self.conn
+        if (
+            not self._writable_now()
+            or conn.extensions
+            or conn.expect_continuation_frame
+            or conn.state is not State.OPEN
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+    def _writable_now(self) -> bool:
+        """Open, not closing, and not paused by flow control: a write now would not queue in asyncio."""
+        return not (
+            self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        )
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked WebSocket text frame (RFC 6455 §5.2) carrying UTF-8 ``payload``."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def _has_body_internals(cycle: Any) -> bool:
@@ -107,6 +150,16 @@ def send_text_nowait_of(scope: Mapping[str, Any]) -> Callable[[str | bytes], boo
     """The synchronous text write of the WebSocket behind ``scope``, when the server provides one."""
     fast = (scope.get("extensions") or {}).get(SEND_TEXT_NOWAIT)
     return fast if callable(fast) else None
+
+
+def write_frame_nowait_of(scope: Mapping[str, Any]) -> Callable[[bytes], bool] | None:
+    """The synchronous raw-frame write of the WebSocket behind ``scope``, when its frames are plain.
+
+    None when the server provides no such write, or the connection negotiated an extension.
+    """
+    extensions = scope.get("extensions") or {}
+    fast, plain = extensions.get(WRITE_FRAME_NOWAIT), extensions.get(PLAIN_FRAMES)
+    return fast if callable(fast) and callable(plain) and plain() else None
 
 
 def abort_of(scope: Mapping[str, Any]) -> Callable[[], None] | None:

@@ -28,7 +28,7 @@ from gateway.errors import ConfigError
 from gateway.protocols import sockjs
 from gateway.protocols.sockjs import CloseStatus, PayloadError, QueueOverflow, SockJsSession
 from gateway.transports.pipe import ConnectionInfo, HandlerFactory, PipeHandler
-from gateway.transports.server import abort_of, send_text_nowait_of
+from gateway.transports.server import abort_of, send_text_nowait_of, write_frame_nowait_of, ws_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,10 @@ class _HttpSession:
             await _notify_closed(self._handler)
 
 
+def _sockjs_ws_frame(message: bytes) -> bytes:
+    return ws_text_frame(sockjs.message_frame([message.decode()]).encode())
+
+
 class _WebSocketPipe:
     """A WebSocket connection as a ``Pipe``; ``framed`` adds SockJS framing (o, h, a, c)."""
 
@@ -204,6 +208,7 @@ class _WebSocketPipe:
         self._clock = clock
         self._lock = asyncio.Lock()  # heartbeats, app sends and close must not interleave
         self.last_write = clock()
+        self._write_frame: Callable[[bytes], bool] | None = None  # set by wire_encoder
 
     async def send(self, message: str) -> None:
         await self.send_many([message])
@@ -243,6 +248,29 @@ class _WebSocketPipe:
         if self.framed:
             message = sockjs.message_frame([message.decode() if isinstance(message, bytes) else message])
         if fast is None or not fast(message):
+            return False
+        self.last_write = self._clock()
+        return True
+
+    def wire_encoder(self) -> tuple[str, Callable[[bytes], bytes]] | None:
+        """How one message becomes wire bytes shared by every such pipe (see ``write_wire_nowait``).
+
+        A format name and the encoding, or None when this connection's frames are its own
+        (permessage-deflate) or the server offers no raw write.
+        """
+        self._write_frame = write_frame_nowait_of(self.ws.scope)
+        if self._write_frame is None:
+            return None
+        if self.framed:
+            return "sockjs-websocket", _sockjs_ws_frame
+        return "websocket", ws_text_frame
+
+    def write_wire_nowait(self, wire: bytes) -> bool:
+        """``send_nowait`` for bytes ``wire_encoder`` made: no per-connection encoding at all."""
+        if self.closed or self._lock.locked():
+            return False
+        fast = self._write_frame
+        if fast is None or not fast(wire):
             return False
         self.last_write = self._clock()
         return True

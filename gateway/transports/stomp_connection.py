@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gateway.protocols.stomp import (
     UnsubscribeRequest,
 )
 from gateway.runtime import Gateway
-from gateway.transports.pipe import ConnectionInfo, Pipe
+from gateway.transports.pipe import ConnectionInfo, Pipe, SharedWirePipe
 
 log = logging.getLogger("gateway.stomp")
 
@@ -49,6 +50,28 @@ def template_for(env: Envelope, destination: str, user: bool = False) -> Message
     if not isinstance(template, MessageTemplate):
         template = env.stomp = MessageTemplate(destination=destination, body=env.body, seq=env.seq)
     return template
+
+
+class _SharedWire:
+    """The wire bytes of the envelope last rendered for one render key (subscription id, version, ack
+    mode, wire format): a fan-out encodes each envelope once and writes the same bytes to every
+    viewer whose subscription renders alike (stompjs names its first subscription sub-0 everywhere)."""
+
+    __slots__ = ("__weakref__", "template", "wire")
+
+    def __init__(self) -> None:
+        self.template: MessageTemplate | None = None
+        self.wire = b""
+
+
+_SHARED_WIRES: weakref.WeakValueDictionary[bytes, _SharedWire] = weakref.WeakValueDictionary()
+
+
+def _shared_wire(key: bytes) -> _SharedWire:
+    shared = _SHARED_WIRES.get(key)
+    if shared is None:
+        shared = _SHARED_WIRES[key] = _SharedWire()
+    return shared
 
 
 @dataclass(slots=True)
@@ -290,11 +313,34 @@ class StompConnection:
 
     def _direct_writer(self, sub_id: str, entry: _Subscription, destination: str) -> Callable[[Envelope], bool] | None:
         """The synchronous fan-out path for this subscription, when the pipe offers one."""
-        send_nowait = getattr(self._pipe, "send_nowait", None)
+        pipe = self._pipe
+        send_nowait = getattr(pipe, "send_nowait", None)
         if send_nowait is None:
             return None
         session, user = self.session, entry.user
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
+        wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
+        if wired is not None and isinstance(pipe, SharedWirePipe) and session.subscribed(sub_id):
+            wire_format, encode = wired
+            shared = _shared_wire(session.render_key(sub_id) + wire_format.encode())
+            write_wire = pipe.write_wire_nowait
+
+            def direct_shared(env: Envelope) -> bool:
+                if self._closed or not session.subscribed(sub_id):
+                    return False
+                if user and env.hidden_from_user:
+                    return True  # the viewer sees a seq gap there, by design
+                template = template_for(env, destination, user)
+                if shared.template is not template:  # the first viewer of this envelope encodes it
+                    shared.wire = encode(session.render(template, sub_id))
+                    shared.template = template
+                if not write_wire(shared.wire):
+                    return False
+                self._last_out = time.monotonic()
+                delivered.inc()
+                return True
+
+            return direct_shared
 
         def direct(env: Envelope) -> bool:
             if self._closed:

@@ -259,3 +259,77 @@ def test_slow_stomp_viewer_is_cut_loose_without_slowing_others(
         await fast.stop()
 
     asyncio.run(main())
+
+
+async def _stomp_viewers(url: str, conv: str, sub_ids: list[str]) -> list[Any]:
+    """Raw websockets clients (they offer permessage-deflate), CONNECTed and SUBSCRIBEd with a receipt each."""
+    sockets = []
+    for sub_id in sub_ids:
+        ws = await websockets.connect(url, subprotocols=["v12.stomp"])  # type: ignore[list-item]
+        await ws.send("CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+        assert str(await ws.recv()).startswith("CONNECTED")
+        await ws.send(f"SUBSCRIBE\nid:{sub_id}\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00")
+        assert str(await ws.recv()).startswith("RECEIPT")
+        sockets.append(ws)
+    return sockets
+
+
+async def _messages_until_return(ws: Any) -> list[str]:
+    frames: list[str] = []
+    async with asyncio.timeout(15):
+        while not frames or '"ENGINE_RETURN"' not in frames[-1]:
+            frames += [f for f in str(await ws.recv()).split("\x00") if f.strip("\n")]
+    return frames
+
+
+def _header_of(frame: str, name: str) -> str:
+    return next(line.split(":", 1)[1] for line in frame.split("\n\n", 1)[0].split("\n") if line.startswith(name + ":"))
+
+
+def test_viewers_alike_get_the_same_bytes_and_deflate_is_opt_in(
+    simulator: ServerProcess, start_gateway: Any, conv: str
+) -> None:
+    """Fan-out encodes an envelope once per subscription id; a client offering deflate gets plain frames."""
+    gw = start_gateway(simulator.url)
+    url = gw.url.replace("http://", "ws://") + "/ws-convengine"
+
+    async def main() -> None:
+        viewers = await _stomp_viewers(url, conv, ["sub-0", "sub-0", "sub-0", "mine"])
+        for ws in viewers:
+            assert ws.response.headers.get("sec-websocket-extensions") is None
+        assert submit(gw, conv, "shared [deltas=20]").status_code == 202
+        got = [await _messages_until_return(ws) for ws in viewers]
+        for ws in viewers:
+            await ws.close()
+        assert got[0] == got[1] == got[2]  # byte for byte, message-ids included
+        seqs = [int(_header_of(f, "seq")) for f in got[0]]
+        assert_dense(seqs)
+        assert [_header_of(f, "message-id") for f in got[0]] == [f"{s}-sub-0" for s in seqs]
+        assert [_header_of(f, "message-id") for f in got[3]] == [f"{s}-mine" for s in seqs]
+        assert [f.split("\n\n", 1)[1] for f in got[3]] == [f.split("\n\n", 1)[1] for f in got[0]]
+
+    asyncio.run(main())
+
+
+def test_websocket_compression_when_enabled(simulator: ServerProcess, start_gateway: Any, conv: str) -> None:
+    gw = start_gateway(simulator.url, GATEWAY_WEBSOCKET_COMPRESSION="true")
+    url = gw.url.replace("http://", "ws://") + "/ws-convengine"
+
+    async def main() -> None:
+        deflated, plain = await _stomp_viewers(url, conv, ["sub-0", "sub-0"])
+        await plain.close()
+        plain = await websockets.connect(url, compression=None)
+        await plain.send("CONNECT\naccept-version:1.2\nhost:/\n\n\x00")
+        assert str(await plain.recv()).startswith("CONNECTED")
+        await plain.send(f"SUBSCRIBE\nid:sub-0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00")
+        assert str(await plain.recv()).startswith("RECEIPT")
+        assert "permessage-deflate" in deflated.response.headers["sec-websocket-extensions"]
+        assert plain.response.headers.get("sec-websocket-extensions") is None
+        assert submit(gw, conv, "deflated [deltas=20]").status_code == 202
+        got = [await _messages_until_return(ws) for ws in (deflated, plain)]
+        for ws in (deflated, plain):
+            await ws.close()
+        assert got[0] == got[1]  # compressed per connection or shared plain: the same frames arrive
+        assert_dense([int(_header_of(f, "seq")) for f in got[0]])
+
+    asyncio.run(main())

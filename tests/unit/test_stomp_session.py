@@ -582,10 +582,40 @@ def test_render_matches_message(version: StompVersion) -> None:
     session = subscribed(version, sub_id=sub_id)
     template = MessageTemplate(destination="/topic/a", body=b'{"x":"\0"}', seq=9)
     rendered, built = session.render(template, sub_id), session.message(sub_id, "/topic/a", b'{"x":"\0"}', 9)
-    assert rendered == built.replace(b"message-id:2", b"message-id:1")
+    escaped = sub_id.replace(":", "\\c").encode()
+    assert rendered == built.replace(b"message-id:1", b"message-id:9-" + escaped)
     (frame,) = FrameDecoder(version).feed(rendered)
     assert isinstance(frame, Frame)
     assert frame.get("subscription") == sub_id
+    assert frame.get("message-id") == f"9-{sub_id}"
+
+
+def test_rendered_frames_are_equal_across_sessions_with_equal_render_keys() -> None:
+    """Fan-out encodes an envelope once per render key: the key must capture everything render varies on."""
+    template = MessageTemplate(destination="/topic/a", body=b"{}", seq=42)
+    sessions = [subscribed("1.2"), subscribed("1.2"), subscribed("1.2", "client"), subscribed("1.1"),
+                subscribed("1.2", sub_id="sub-1")]  # fmt: skip
+    sub_ids = ["0", "0", "0", "0", "sub-1"]
+    keys = [s.render_key(i) for s, i in zip(sessions, sub_ids, strict=True)]
+    frames = [s.render(template, i) for s, i in zip(sessions, sub_ids, strict=True)]
+    assert keys[0] == keys[1] and frames[0] == frames[1]
+    assert len(set(keys)) == 4  # ack mode, version and subscription id each make a key of their own
+    assert frames[2] != frames[0] and frames[4] != frames[0]
+
+
+def test_message_ids_stay_unique_in_a_session_with_two_subscriptions_of_one_topic() -> None:
+    session = subscribed("1.2", sub_id="a")
+    (request,) = session.receive_data(wire("SUBSCRIBE", ("id", "b"), ("destination", "/topic/a")))
+    assert isinstance(request, SubscribeRequest)
+    session.accept_subscribe(request)
+    template = MessageTemplate(destination="/topic/a", body=b"{}", seq=7)
+    decoder = FrameDecoder("1.2")
+    ids = []
+    for sub in ("a", "b"):
+        (frame,) = decoder.feed(session.render(template, sub))
+        assert isinstance(frame, Frame)
+        ids.append(frame.get("message-id"))
+    assert ids[0] != ids[1]
 
 
 def test_message_for_unknown_subscription_raises_key_error() -> None:
