@@ -50,7 +50,10 @@ class SubscriberStale(Exception):
 
 
 class Subscriber:
-    """One viewer subscription: a cursor, a bounded queue and a wake-up event."""
+    """One viewer subscription: a cursor, a bounded queue and a wake-up.
+
+    Memory is per viewer, so an idle one holds no queue, no event and (when parked) no task.
+    """
 
     __slots__ = (
         "_bytes",
@@ -59,8 +62,9 @@ class Subscriber:
         "_journal",
         "_max_bytes",
         "_max_messages",
+        "_on_wake",
         "_queue",
-        "_wake",
+        "_waiter",
         "catch_up_to",
         "coalesce_after",
         "conversation_id",
@@ -78,11 +82,12 @@ class Subscriber:
         self.conversation_id = conversation_id
         self.cursor = cursor
         self.catch_up_to = catch_up_to
-        self._queue: deque[Envelope] = deque()
+        self._queue: deque[Envelope] | None = None  # created when an envelope must wait
         self._bytes = 0
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # next_batch waiting
+        self._on_wake: Callable[[], None] | None = None  # parked: call once when there is work
         self.failure: str | None = None
         self.coalesce_after = 0  # queue length past which deltas are merged (0: never)
         # Called once when the subscriber is cut loose: a transport blocked writing to a peer that
@@ -96,34 +101,61 @@ class Subscriber:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue or ())
 
     def offer(self, env: Envelope) -> None:
         """Queue a live envelope; never blocks. Overflow cuts the subscriber loose."""
         if self.failure is not None:
             return
+        queue = self._queue
         if (
             self._idle
             and self.direct is not None
-            and not self._queue
+            and not queue
             and env.first_seq == self.cursor + 1
             and self.cursor >= self.catch_up_to
             and self.direct(env)
         ):
             self.cursor = env.seq
             return
-        self._queue.append(env)
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(env)
         self._bytes += len(env.body)
-        if self.coalesce_after and not self._idle and len(self._queue) > max(self.coalesce_after, self._coalesce_at):
-            self._compact()
-        if len(self._queue) > self._max_messages or self._bytes > self._max_bytes:
+        if self.coalesce_after and not self._idle and len(queue) > max(self.coalesce_after, self._coalesce_at):
+            self._compact(queue)
+        if len(queue) > self._max_messages or self._bytes > self._max_bytes:
             self.fail("slow")
             return
-        self._wake.set()
+        self._wakeup()
 
-    def _compact(self) -> None:
+    def park(self, on_wake: Callable[[], None]) -> bool:
+        """Idle with no task waiting: True when caught up with nothing queued and a direct path set.
+
+        Envelopes then go out through ``direct``; the first that cannot (or a failure) calls
+        ``on_wake`` once, which should start a task that calls ``next_batch`` again.
+        """
+        if self.failure is not None or self._queue or self.direct is None or self.cursor < self.catch_up_to:
+            return False
+        self._queue = None
+        self._idle = True
+        self._on_wake = on_wake
+        return True
+
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        on_wake = self._on_wake
+        if on_wake is not None:
+            self._on_wake = None
+            self._idle = False
+            on_wake()
+
+    def _compact(self, queue: deque[Envelope]) -> None:
         """Merge queued deltas instead of cutting a lagging viewer loose (AI-stream-aware fan-out)."""
-        queue = self._queue
         while queue and queue[0].seq <= self.cursor:
             queue.popleft()
         merged = coalesce(queue)
@@ -136,23 +168,26 @@ class Subscriber:
         if self.failure is not None:
             return
         self.failure = reason
-        self._queue.clear()
+        self._queue = None
         self._bytes = 0
-        self._wake.set()
+        self._wakeup()
         if self.on_fail is not None:
             self.on_fail(reason)
 
     async def next_batch(self, timeout: float | None = None, limit: int = REPLAY_BATCH) -> list[Envelope]:
         """The next envelopes after ``cursor``, in order; [] when ``timeout`` passes first."""
+        self._on_wake = None  # a task is here: no longer parked
+        self._idle = False
         while True:
             if self.failure is not None:
                 raise SubscriberStale(self.failure, self.cursor)
             target = self.catch_up_to
             queue = self._queue
-            while queue and queue[0].seq <= self.cursor:
-                self._bytes -= len(queue.popleft().body)
             if queue:
-                target = max(target, queue[0].first_seq - 1)
+                while queue and queue[0].seq <= self.cursor:
+                    self._bytes -= len(queue.popleft().body)
+                if queue:
+                    target = max(target, queue[0].first_seq - 1)
             if self.cursor < target:
                 return await self._from_journal(min(limit, target - self.cursor))
             if queue:
@@ -163,15 +198,17 @@ class Subscriber:
                     batch.append(env)
                     self.cursor = env.seq
                 return batch
-            self._wake.clear()
+            self._queue = None  # drained: an idle viewer keeps no queue
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             self._idle = True
             try:
                 async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+                    await waiter
             except TimeoutError:
                 return []
             finally:
                 self._idle = False
+                self._waiter = None
 
     async def _from_journal(self, count: int) -> list[Envelope]:
         envs = await self._journal.read(self.conversation_id, self.cursor, count)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -220,7 +219,7 @@ class StompServerSession:
         self._version: StompVersion | None = None
         self._client_heartbeat = (0, 0)
         self._heartbeat = (0, 0)
-        self._outbox: deque[bytes | _Slot] = deque()
+        self._outbox: list[bytes | _Slot] = []  # a list: a deque's first block is 600 bytes per viewer
         self._claimed: dict[str, SubscribeRequest] = {}  # received, possibly not yet accepted
         self._subscriptions: dict[str, Subscription] = {}
         # (prefix, ack header?, message-id suffix, render key): see ``render`` and ``render_key``.
@@ -284,15 +283,13 @@ class StompServerSession:
     def data_to_send(self) -> bytes:
         """Drain the bytes ready to write, stopping at the first request still awaiting a decision."""
         out: list[bytes] = []
-        outbox = self._outbox
-        while outbox:
-            item = outbox[0]
+        for item in self._outbox:
             if isinstance(item, _Slot):
                 if item.data is None:
                     break
                 item = item.data
             out.append(item)
-            outbox.popleft()
+        del self._outbox[: len(out)]
         return b"".join(out)
 
     def accept_connect(self, extra_headers: Headers = ()) -> None:

@@ -8,6 +8,7 @@ in the scope's extensions. Everything works without it (then the socket lingers,
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -46,8 +47,83 @@ class AbortableHttpProtocol(HttpToolsProtocol):
                 extensions[WRITE_BODY_NOWAIT] = partial(_write_body_nowait, cycle)
 
 
+class _LeanEvent:
+    """``asyncio.Event`` for one connection, minus the 600-byte deque it allocates up front."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> None:
+        if self._value:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class _LeanQueue:
+    """The part of ``asyncio.Queue`` uvicorn's WebSocket protocol uses (put_nowait, get, empty), minus
+    three deques (~2.3 KiB per connection): it holds at most a message or two between reads."""
+
+    __slots__ = ("_items", "_ready")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._ready = _LeanEvent()
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.pop(0)
+
+
 class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
     """websockets (sans-I/O) protocol whose connection scopes carry the transport's abort."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per-connection memory is what bounds idle viewers per process: same behaviour, lighter parts.
+        if isinstance(getattr(self, "queue", None), asyncio.Queue) and self.queue.empty():
+            self.queue = cast(Any, _LeanQueue())
+        writable = getattr(self, "writable", None)
+        if isinstance(writable, asyncio.Event):
+            lean = _LeanEvent()
+            if writable.is_set():
+                lean.set()
+            self.writable = cast(Any, lean)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -59,6 +135,14 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
             if all(hasattr(self.conn, a) for a in ("extensions", "expect_continuation_frame", "state")):
                 extensions[WRITE_FRAME_NOWAIT] = self.write_frame_nowait
                 extensions[PLAIN_FRAMES] = self.plain_frames
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message.get("type") == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (two header maps, ~2.4 KiB) are never read again.
+            attrs = vars(self)
+            attrs.pop("request", None)
+            attrs.pop("response", None)
 
     def send_text_nowait(self, text: str | bytes) -> bool:
         """Write one text message now, from synchronous code: the fan-out fast path.

@@ -204,11 +204,24 @@ class _WebSocketPipe:
         self.ws = ws
         self.framed = framed
         self.closed = False
-        self.done = asyncio.Event()
+        self._finished = False
+        self._done: asyncio.Future[None] | None = None  # made only when someone waits (shutdown)
         self._clock = clock
         self._lock = asyncio.Lock()  # heartbeats, app sends and close must not interleave
         self.last_write = clock()
         self._write_frame: Callable[[bytes], bool] | None = None  # set by wire_encoder
+
+    def finish(self) -> None:
+        """The connection's task is over (handler notified next)."""
+        self._finished = True
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def wait_done(self) -> None:
+        if not self._finished:
+            if self._done is None:
+                self._done = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._done)
 
     async def send(self, message: str) -> None:
         await self.send_many([message])
@@ -369,7 +382,7 @@ class SockJsServer:
         for session in sessions:
             session.terminate()
         await asyncio.gather(*(s.close_with(sockjs.GO_AWAY, ws_code=1001) for s in sockets))
-        waiters = [asyncio.create_task(s.done.wait()) for s in sockets]
+        waiters = [asyncio.create_task(s.wait_done()) for s in sockets]
         tasks: list[asyncio.Task[None]] = [s.task for s in sessions]
         pending: set[asyncio.Task[object]] = set()
         if tasks or waiters:
@@ -478,7 +491,7 @@ class SockJsServer:
                 await asyncio.gather(heartbeats, return_exceptions=True)
             pipe.closed = True
             self._sockets.discard(pipe)
-            pipe.done.set()
+            pipe.finish()
             if handler is not None:
                 await _notify_closed(handler)
 

@@ -7,9 +7,10 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.auth import Authenticator, Credential, Denied
 from gateway.envelope import Envelope
@@ -106,7 +107,11 @@ class StompConnection:
         self._aborted = False
         self._last_in = self._last_out = time.monotonic()
         self._closed = False
-        self._timer = asyncio.create_task(self._keepalive(), name="stomp-keepalive")
+        self._loop = asyncio.get_running_loop()
+        self._connect_deadline = time.monotonic() + s.stomp_connect_timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._action: asyncio.Task[None] | None = None  # what the timer started (heart-beat, close)
+        self._arm_timer()
         log.info("stomp open session=%s transport=%s client=%s", self.session.session_id, info.transport, info.client)
         gw.metrics.connections.labels(info.transport).inc()
 
@@ -218,11 +223,15 @@ class StompConnection:
         session = self.session
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
         latency = self._gw.metrics.fanout_latency.labels(self._info.transport)
+        subscriber = entry.subscriber
         try:
             while True:
-                if notice is None and entry.subscriber.direct is None:
-                    entry.subscriber.direct = self._direct_writer(sub_id, entry, destination)
-                batch = await entry.subscriber.next_batch()
+                if notice is None and subscriber.direct is None:
+                    subscriber.direct = self._direct_writer(sub_id, entry, destination)
+                if notice is None and subscriber.park(lambda: self._resume(sub_id, entry)):
+                    entry.task = None  # an idle viewer holds no task: the fan-out starts one when needed
+                    return
+                batch = await subscriber.next_batch()
                 frames: list[bytes] = []
                 user = entry.user
                 for env in batch:
@@ -245,6 +254,11 @@ class StompConnection:
         except KeyError:
             pass  # unsubscribed while a batch was in flight
 
+    def _resume(self, sub_id: str, entry: _Subscription) -> None:
+        """A parked subscription has work its direct path could not do: deliver from a task again."""
+        if not self._closed and self._subs.get(sub_id) is entry:
+            entry.task = asyncio.create_task(self._deliver(sub_id, entry, None), name="stomp-deliver")
+
     async def _cut_loose(self, exc: SubscriberStale) -> None:
         if self._aborted:
             return
@@ -258,34 +272,63 @@ class StompConnection:
         await self._flush()
         await self._pipe.close(1008, f"stale: {exc.reason}")
 
-    async def _keepalive(self) -> None:
-        """Heart-beats out, dead-peer detection in, CONNECT timeout (STOMP 1.2 §Heart-beating)."""
-        settings = self._gw.settings
-        connect_deadline = time.monotonic() + settings.stomp_connect_timeout_s
-        while not self._closed:
-            session = self.session
-            send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
-            tick = min(x for x in (send_ms / 2000, timeout_ms / 4000, 1.0) if x > 0)
-            if session.state is SessionState.AWAIT_CONNECT:
-                tick = min(0.1, settings.stomp_connect_timeout_s / 4)
-            if self._expires_at is not None:
-                tick = max(0.01, min(tick, self._expires_at - time.time()))
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self._expires_at is not None and time.time() >= self._expires_at:
-                await self._expire()
-                return
-            if session.state is SessionState.AWAIT_CONNECT and now > connect_deadline:
-                session.reject("no CONNECT frame in time")
-                await self._flush()
-                await self._pipe.close(1008, "connect timeout")
-                return
-            if timeout_ms and now - self._last_in > timeout_ms / 1000:
-                log.info("stomp peer silent for %.1fs, closing client=%s", now - self._last_in, self._info.client)
-                await self._pipe.close(1001, "heart-beat timeout")
-                return
-            if send_ms and now - self._last_out >= send_ms / 1000:
-                await self._write([session.heartbeat_bytes().decode()])
+    def _arm_timer(self) -> None:
+        """Schedule the next check of heart-beats out, dead peer in, CONNECT timeout and token expiry.
+
+        One timer handle per connection, no task: at 10,000 idle viewers a sleeping task each cost
+        memory and a wake-up per connection per second (STOMP 1.2 §Heart-beating).
+        """
+        if self._closed:
+            return
+        session = self.session
+        send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
+        tick = min(x for x in (send_ms / 2000, timeout_ms / 4000, 1.0) if x > 0)
+        if session.state is SessionState.AWAIT_CONNECT:
+            tick = min(0.1, self._gw.settings.stomp_connect_timeout_s / 4)
+        if self._expires_at is not None:
+            tick = max(0.01, min(tick, self._expires_at - time.time()))
+        self._timer = self._loop.call_later(tick, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        session, now = self.session, time.monotonic()
+        send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
+        if self._expires_at is not None and time.time() >= self._expires_at:
+            self._timer_action(self._expire())
+        elif session.state is SessionState.AWAIT_CONNECT and now > self._connect_deadline:
+            self._timer_action(self._connect_timeout())
+        elif timeout_ms and now - self._last_in > timeout_ms / 1000:
+            log.info("stomp peer silent for %.1fs, closing client=%s", now - self._last_in, self._info.client)
+            self._timer_action(self._pipe.close(1001, "heart-beat timeout"))
+        elif send_ms and now - self._last_out >= send_ms / 1000 and not self._heartbeat_nowait():
+            self._timer_action(self._heartbeat(), rearm=True)
+        else:
+            self._arm_timer()
+
+    def _timer_action(self, action: Coroutine[Any, Any, None], *, rearm: bool = False) -> None:
+        async def run() -> None:
+            await action
+            if rearm:
+                self._arm_timer()
+
+        self._action = asyncio.create_task(run(), name="stomp-timer")
+
+    def _heartbeat_nowait(self) -> bool:
+        send_nowait = getattr(self._pipe, "send_nowait", None)
+        if self._writing or send_nowait is None or not send_nowait(self.session.heartbeat_bytes()):
+            return False
+        self._last_out = time.monotonic()
+        return True
+
+    async def _heartbeat(self) -> None:
+        await self._write([self.session.heartbeat_bytes().decode()])
+
+    async def _connect_timeout(self) -> None:
+        self.session.reject("no CONNECT frame in time")
+        await self._flush()
+        await self._pipe.close(1008, "connect timeout")
 
     async def _expire(self) -> None:
         self._gw.metrics.disconnects.labels("token_expired").inc()
@@ -372,15 +415,19 @@ class StompConnection:
     async def on_close(self) -> None:
         log.info("stomp close session=%s client=%s", self.session.session_id, self._info.client)
         self._closed = True
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         for sub_id in list(self._subs):
             entry = self._subs[sub_id]
             self._unsubscribe(sub_id)
             if entry.task is not None:
                 with suppress(asyncio.CancelledError):
                     await entry.task
-        with suppress(asyncio.CancelledError):
-            await self._timer
+        action = self._action
+        if action is not None and action is not asyncio.current_task():
+            action.cancel()
+            with suppress(asyncio.CancelledError):
+                await action
         self._gw.metrics.connections.labels(self._info.transport).dec()
 
 
