@@ -149,6 +149,7 @@ class StompConnection:
             return False
         self._expires_at = principal.expires_at if principal is not None else None
         self.session.accept_connect()
+        self._arm_timer()  # the negotiated heart-beats (and token expiry) replace the CONNECT deadline
         return True
 
     async def _subscribe(self, req: SubscribeRequest) -> None:
@@ -275,19 +276,28 @@ class StompConnection:
     def _arm_timer(self) -> None:
         """Schedule the next check of heart-beats out, dead peer in, CONNECT timeout and token expiry.
 
-        One timer handle per connection, no task: at 10,000 idle viewers a sleeping task each cost
-        memory and a wake-up per connection per second (STOMP 1.2 §Heart-beating).
+        One timer handle per connection, no task, and none at all when nothing is due (heart-beats
+        0,0 and no token expiry): idle viewers cost no wake-ups (STOMP 1.2 §Heart-beating).
         """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._closed:
             return
-        session = self.session
+        session, now = self.session, time.monotonic()
         send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
-        tick = min(x for x in (send_ms / 2000, timeout_ms / 4000, 1.0) if x > 0)
+        due: list[float] = []
         if session.state is SessionState.AWAIT_CONNECT:
-            tick = min(0.1, self._gw.settings.stomp_connect_timeout_s / 4)
+            due.append(self._connect_deadline)
+        else:
+            if send_ms:
+                due.append(self._last_out + send_ms / 1000)
+            if timeout_ms:
+                due.append(self._last_in + timeout_ms / 1000)
         if self._expires_at is not None:
-            tick = max(0.01, min(tick, self._expires_at - time.time()))
-        self._timer = self._loop.call_later(tick, self._on_timer)
+            due.append(now + self._expires_at - time.time())
+        if due:
+            self._timer = self._loop.call_later(max(0.005, min(due) - now), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -297,9 +307,9 @@ class StompConnection:
         send_ms, timeout_ms = session.send_heartbeat_ms, session.peer_timeout_ms
         if self._expires_at is not None and time.time() >= self._expires_at:
             self._timer_action(self._expire())
-        elif session.state is SessionState.AWAIT_CONNECT and now > self._connect_deadline:
+        elif session.state is SessionState.AWAIT_CONNECT and now >= self._connect_deadline:
             self._timer_action(self._connect_timeout())
-        elif timeout_ms and now - self._last_in > timeout_ms / 1000:
+        elif timeout_ms and now - self._last_in >= timeout_ms / 1000:
             log.info("stomp peer silent for %.1fs, closing client=%s", now - self._last_in, self._info.client)
             self._timer_action(self._pipe.close(1001, "heart-beat timeout"))
         elif send_ms and now - self._last_out >= send_ms / 1000 and not self._heartbeat_nowait():
