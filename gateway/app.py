@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import bridge, conversation, health
 from gateway.api.console import console_routes
@@ -38,6 +41,45 @@ def routes() -> list[BaseRoute]:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+
+
+STREAM_PATH = re.compile(r"^/api/v1/conversation/stream/([^/]+)$")
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the long-lived streams dispatched ahead of its router and exception layers.
+
+    An SSE response or a WebSocket lives as long as its viewer, and each ASGI layer it passes keeps
+    a coroutine frame alive that long: ~4.5 KiB per idle viewer in Starlette's error, exception,
+    router and route layers. Streams go straight to their endpoints behind the same guards
+    (connection limit, origin check); every other request goes through Starlette as usual.
+    """
+
+    def __init__(
+        self, *, guards: Callable[[ASGIApp], ASGIApp], streams: Callable[[Scope], ASGIApp | None], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._streams = streams
+        self._guarded = guards(self._dispatch)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["app"] = self
+            await self._guarded(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self._streams(scope)
+        if stream is not None:
+            await stream(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+async def _sse_app(scope: Scope, receive: Receive, send: Send) -> None:
+    response = await stream_endpoint(Request(scope, receive))
+    await response(scope, receive, send)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
@@ -74,11 +116,20 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         raw_at_prefix=True,
     )
     gw.on_drain.append(stomp.server.close_all)
-    guards = [
-        Middleware(ClientConnectionLimit, limit=settings.max_connections_per_client, refusals=refusals),
-        Middleware(ApiCors, allowed=auth.allowed_origins, refusals=refusals),
-    ]
-    app = Starlette(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, middleware=guards)
+
+    def guards(inner: ASGIApp) -> ASGIApp:
+        limited = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
+        return ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+
+    def streams(scope: Scope) -> ASGIApp | None:
+        if scope["type"] == "websocket":
+            return stomp.server.websocket_endpoint(scope)
+        if scope["method"] == "GET" and (match := STREAM_PATH.match(scope["path"])) is not None:
+            scope["path_params"] = {"conversationId": match.group(1)}
+            return _sse_app
+        return None
+
+    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams)
     app.state.gateway = gw
     app.state.auth = auth
     app.state.submit_limiter = TokenBuckets(settings.submit_rate_per_s, settings.submit_burst)

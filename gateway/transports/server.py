@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from functools import partial
@@ -24,6 +25,7 @@ SEND_TEXT_NOWAIT = "hqgw.send_text_nowait"
 WRITE_FRAME_NOWAIT = "hqgw.write_frame_nowait"
 PLAIN_FRAMES = "hqgw.plain_frames"
 WRITE_BODY_NOWAIT = "hqgw.write_body_nowait"
+ON_DISCONNECT = "hqgw.on_disconnect"
 
 
 class AbortableHttpProtocol(HttpToolsProtocol):
@@ -32,10 +34,29 @@ class AbortableHttpProtocol(HttpToolsProtocol):
     # These hooks lean on uvicorn internals (scope, cycle, transport): if a uvicorn release changes
     # them, the hooks switch themselves off and the gateway falls back to plain ASGI.
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._on_lost: list[Callable[[], None]] | None = None
+        super().__init__(*args, **kwargs)
+        if isinstance(getattr(self, "pipeline", None), deque) and not self.pipeline:
+            self.pipeline = cast(Any, _LeanPipeline())
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        flow = getattr(self, "flow", None)
+        event = getattr(flow, "_is_writable_event", None)
+        if isinstance(event, asyncio.Event):
+            flow._is_writable_event = _LeanEvent.like(event)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        callbacks, self._on_lost = self._on_lost, None
+        super().connection_lost(exc)
+        for callback in callbacks or ():
+            callback()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         with suppress(AttributeError, TypeError):
-            extensions: dict[str, Any] = {ABORT: self.transport.abort}
+            extensions: dict[str, Any] = {ABORT: self.transport.abort, ON_DISCONNECT: self._watch_disconnect}
             self.scope["extensions"] = cast(Any, extensions)
 
     def on_headers_complete(self) -> None:
@@ -45,6 +66,27 @@ class AbortableHttpProtocol(HttpToolsProtocol):
             extensions = cast(Any, self.scope.get("extensions"))
             if cycle is not None and isinstance(extensions, dict) and _has_body_internals(cycle):
                 extensions[WRITE_BODY_NOWAIT] = partial(_write_body_nowait, cycle)
+            event = getattr(cycle, "message_event", None)
+            if isinstance(event, asyncio.Event):  # the cycle's task has not started: nobody waits yet
+                cycle.message_event = _LeanEvent.like(event)  # type: ignore[union-attr]
+
+    def _watch_disconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` once when the connection is lost; returns the cancellation.
+
+        What a streaming response would otherwise learn from a task blocked in ``receive()``.
+        """
+        if self.transport.is_closing():
+            handle = asyncio.get_running_loop().call_soon(callback)
+            return handle.cancel
+        if self._on_lost is None:
+            self._on_lost = []
+        self._on_lost.append(callback)
+
+        def cancel() -> None:
+            if self._on_lost is not None and callback in self._on_lost:
+                self._on_lost.remove(callback)
+
+        return cancel
 
 
 class _LeanEvent:
@@ -55,6 +97,12 @@ class _LeanEvent:
     def __init__(self) -> None:
         self._value = False
         self._waiters: list[asyncio.Future[None]] | None = None
+
+    @classmethod
+    def like(cls, event: asyncio.Event) -> _LeanEvent:
+        lean = cls()
+        lean._value = event.is_set()
+        return lean
 
     def is_set(self) -> bool:
         return self._value
@@ -81,6 +129,13 @@ class _LeanEvent:
         finally:
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+
+class _LeanPipeline(list[Any]):
+    """uvicorn's pipelined-request deque (appendleft, pop): a list, as it rarely holds anything."""
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
 
 
 class _LeanQueue:
@@ -120,10 +175,7 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
             self.queue = cast(Any, _LeanQueue())
         writable = getattr(self, "writable", None)
         if isinstance(writable, asyncio.Event):
-            lean = _LeanEvent()
-            if writable.is_set():
-                lean.set()
-            self.writable = cast(Any, lean)
+            self.writable = cast(Any, _LeanEvent.like(writable))
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -244,6 +296,12 @@ def write_frame_nowait_of(scope: Mapping[str, Any]) -> Callable[[bytes], bool] |
     extensions = scope.get("extensions") or {}
     fast, plain = extensions.get(WRITE_FRAME_NOWAIT), extensions.get(PLAIN_FRAMES)
     return fast if callable(fast) and callable(plain) and plain() else None
+
+
+def on_disconnect_of(scope: Mapping[str, Any]) -> Callable[[Callable[[], None]], Callable[[], None]] | None:
+    """Register a callback for the loss of the HTTP connection behind ``scope``, when the server can."""
+    watch = (scope.get("extensions") or {}).get(ON_DISCONNECT)
+    return watch if callable(watch) else None
 
 
 def abort_of(scope: Mapping[str, Any]) -> Callable[[], None] | None:

@@ -15,13 +15,13 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.errors import ConfigError
@@ -322,6 +322,14 @@ class _WebSocketPipe:
                 await self.write(sockjs.heartbeat_frame())
 
 
+def _websocket_app(endpoint: Callable[[WebSocket], Awaitable[None]], params: dict[str, str]) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["path_params"] = params
+        await endpoint(WebSocket(scope, receive, send))
+
+    return app
+
+
 class SockJsRoutes(list[BaseRoute]):
     """The routes of one SockJS service, with the ``SockJsServer`` behind them."""
 
@@ -369,6 +377,23 @@ class SockJsServer:
             WebSocketRoute(p + "/{server}/{session}/websocket", self._sockjs_websocket),
             Route(p + "/{server}/{session}/{transport}", _SessionEndpoint(self)),
         ]
+
+    def websocket_endpoint(self, scope: Scope) -> ASGIApp | None:
+        """The ASGI app for a WebSocket scope on one of this service's WebSocket paths, else None.
+
+        The same endpoints as ``routes()``, reachable without a router: a socket lives as long as its
+        viewer, and every routing layer it passes keeps a frame alive that long.
+        """
+        path: str = scope["path"]
+        if not path.startswith(self.prefix):
+            return None
+        rest = path[len(self.prefix) :]
+        if (rest in ("", "/") and self.options.raw_at_prefix) or rest == "/websocket":
+            return _websocket_app(self._raw_websocket, {})
+        parts = rest.split("/")
+        if len(parts) == 4 and parts[0] == "" and parts[3] == "websocket" and parts[1] and parts[2]:
+            return _websocket_app(self._sockjs_websocket, {"server": parts[1], "session": parts[2]})
+        return None
 
     def forget(self, session: _HttpSession) -> None:
         if self._sessions.get(session.id) is session:

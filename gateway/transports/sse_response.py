@@ -2,7 +2,8 @@
 
 A viewer that stops reading leaves its writer blocked inside ``send`` forever: it never returns to
 its queue to learn it was cut loose. ``abort()`` interrupts such a writer (and only a writer that is
-writing); a client disconnect does the same. One extra task per viewer watches for the disconnect.
+writing); a client disconnect does the same, learnt from the server's connection-lost hook (or, on a
+server without it, from a task per viewer blocked in ``receive()``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from contextlib import suppress
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.transports.server import abort_of
+from gateway.transports.server import abort_of, on_disconnect_of
 
 
 class SseResponse:
@@ -43,7 +44,13 @@ class SseResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
         self._hard_abort = abort_of(scope)
-        watcher = asyncio.create_task(self._watch(receive))
+        watch_disconnect = on_disconnect_of(scope)
+        watcher: asyncio.Task[None] | None = None
+        unwatch: Callable[[], None] | None = None
+        if watch_disconnect is not None:
+            unwatch = watch_disconnect(self._disconnected)  # no task per viewer just to learn it left
+        else:
+            watcher = asyncio.create_task(self._watch(receive))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             async for chunk in self._frames:
@@ -58,10 +65,16 @@ class SseResponse:
         except OSError:
             pass  # the peer went away mid-write
         finally:
-            watcher.cancel()
-            with suppress(asyncio.CancelledError):
-                await watcher
+            if unwatch is not None:
+                unwatch()
+            if watcher is not None:
+                watcher.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watcher
             await self._frames.aclose()
+
+    def _disconnected(self) -> None:
+        self.abort()
 
     async def _watch(self, receive: Receive) -> None:
         while True:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import re
 
 import httpx
 
 from tests.clients import SseViewer
-from tests.integration.conftest import StartGateway, submit
+from tests.integration.conftest import StartGateway, sim_stats, submit
 from tests.servers import ServerProcess
 
 
@@ -59,3 +61,82 @@ def test_counters_after_a_simulated_turn(simulator: ServerProcess, start_gateway
         assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile"}, labels
 
     asyncio.run(main())
+
+
+def test_idle_viewers_that_vanish_are_detached_and_the_upstream_released(
+    simulator: ServerProcess, start_gateway: StartGateway, conv: str
+) -> None:
+    """Idle viewers hold no task of their own: a dropped socket must still detach them at once."""
+    gw = start_gateway(simulator.url, GATEWAY_SSE_KEEPALIVE_S="60", GATEWAY_STOMP_HEARTBEAT_MS="0")
+    host, port = gw.url.removeprefix("http://").split(":")
+
+    async def main() -> None:
+        sse = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET /api/v1/conversation/stream/{conv} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert b" 200 " in await reader.readuntil(b"\r\n\r\n")
+            sse.append(writer)
+        stomp = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            ws = WsClient(reader, writer)
+            await ws.handshake("/ws-convengine")
+            await ws.send_text("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00")
+            assert (await ws.recv_text()).startswith("CONNECTED")
+            await ws.send_text(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00")
+            assert (await ws.recv_text()).startswith("RECEIPT")
+            stomp.append(writer)
+        await eventually_metric(gw, 'hqgw_viewers{transport="sse"}', 3)
+        await eventually_metric(gw, 'hqgw_viewers{transport="websocket"}', 3)
+        assert sim_stats(simulator)["open_streams"].get(conv) == 1
+        for writer in sse + stomp:  # no goodbye: the TCP connection just goes
+            writer.transport.abort()
+        await eventually_metric(gw, 'hqgw_viewers{transport="sse"}', 0)
+        await eventually_metric(gw, 'hqgw_viewers{transport="websocket"}', 0)
+        await eventually_metric(gw, 'hqgw_connections{transport="websocket"}', 0)
+        deadline = asyncio.get_running_loop().time() + 10  # linger is 1 s in the test gateways
+        while sim_stats(simulator)["open_streams"].get(conv):
+            assert asyncio.get_running_loop().time() < deadline, "upstream still open after every viewer left"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+
+
+async def eventually_metric(gw: ServerProcess, name: str, value: float, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while scrape(gw).get(name, 0.0) != value:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} != {value}: {scrape(gw).get(name)}"
+        await asyncio.sleep(0.05)
+
+
+class WsClient:
+    """Just enough of a WebSocket client on a raw socket to drop it without a close frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def handshake(self, path: str) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert b" 101 " in await self.reader.readuntil(b"\r\n\r\n")
+
+    async def send_text(self, text: str) -> None:
+        payload, mask = text.encode(), os.urandom(4)
+        head = bytes((0x81, 0x80 | len(payload))) if len(payload) < 126 else b"\x81\xfe" + len(payload).to_bytes(2)
+        self.writer.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        await self.writer.drain()
+
+    async def recv_text(self) -> str:
+        async with asyncio.timeout(5):
+            first, second = await self.reader.readexactly(2)
+            size = second & 0x7F
+            if size == 126:
+                size = int.from_bytes(await self.reader.readexactly(2))
+            elif size == 127:
+                size = int.from_bytes(await self.reader.readexactly(8))
+            assert first & 0x0F == 1
+            return (await self.reader.readexactly(size)).decode()
