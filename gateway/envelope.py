@@ -202,8 +202,15 @@ class ConversationInfo:
     title: str | None = None
 
 
+_ISO_SECOND: list[Any] = [None, ""]  # the last second formatted: envelopes come many per second
+
+
 def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-24T10:27:35.123Z."""
+    second, milli = divmod(ms, 1000)
+    if _ISO_SECOND[0] != second:
+        _ISO_SECOND[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")]
+    return f"{_ISO_SECOND[1]}{milli:03d}Z"
 
 
 def normalize(

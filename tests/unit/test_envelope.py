@@ -1,7 +1,10 @@
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.envelope import ConversationInfo, HqEvent, TurnPhase, TurnState, iso_ms, load_mapping, normalize
 from gateway.errors import ConfigError
@@ -30,6 +33,13 @@ def run(events: list[HqEvent], turn: TurnState | None = None) -> list[dict]:
 
 def test_iso_ms_is_utc_with_millis() -> None:
     assert iso_ms(NOW) == "2026-02-14T10:22:01.102Z"
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**13), st.integers(min_value=-(10**12), max_value=10**13))
+def test_iso_ms_matches_datetime_whatever_came_before(before: int, ms: int) -> None:
+    iso_ms(before)  # the per-second cache must never leak into the next value
+    expected = datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    assert iso_ms(ms) == expected
 
 
 @pytest.mark.parametrize(
