@@ -42,11 +42,10 @@ class ApiCors:
             return
         headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"origin", b"host")}
         origin = headers.get(b"origin")
-        if (
-            origin is not None
-            and self.allowed is not None
-            and not _permitted(origin, headers.get(b"host"), self.allowed)
-        ):
+        if origin is None:  # no CORS without an Origin (CORSMiddleware would pass it through too)
+            await self.app(scope, receive, send)
+            return
+        if self.allowed is not None and not _permitted(origin, headers.get(b"host"), self.allowed):
             if self._refusals is not None:
                 self._refusals.labels("origin_not_allowed").inc()
             body = orjson.dumps({"error": "origin_not_allowed", "message": "this Origin is not in the allow-list"})

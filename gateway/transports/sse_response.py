@@ -9,6 +9,7 @@ server without it, from a task per viewer blocked in ``receive()``).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import suppress
 
@@ -17,14 +18,19 @@ from starlette.types import Receive, Scope, Send
 from gateway.transports.server import abort_of, on_disconnect_of
 
 
+@functools.lru_cache(maxsize=16)
+def _raw_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    encoded = [(k.lower().encode(), v.encode()) for k, v in headers]
+    return ((b"content-type", b"text/event-stream; charset=utf-8"), *encoded)
+
+
 class SseResponse:
     """ASGI app streaming ``frames``; ``abort()`` ends it at once, even mid-write."""
 
     def __init__(self, frames: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
         self._frames = frames
-        self._headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
-            (k.lower().encode(), v.encode()) for k, v in headers.items()
-        ]
+        # A fresh list (a CORS wrapper may append to it) of header pairs encoded once per process.
+        self._headers = list(_raw_headers(tuple(headers.items())))
         self._task: asyncio.Task[object] | None = None
         self._hard_abort: Callable[[], None] | None = None
         self._aborted = False
