@@ -12,6 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 from gateway.coalesce import coalesce
 from gateway.envelope import Envelope
@@ -70,6 +71,7 @@ class Subscriber:
         "conversation_id",
         "cursor",
         "direct",
+        "direct_batch",
         "failure",
         "on_fail",
     )
@@ -96,6 +98,8 @@ class Subscriber:
         # Fan-out fast path: when the transport idles, caught up, with nothing queued, an envelope
         # is written synchronously from publish (no queue, no task wake-up); False falls back.
         self.direct: Callable[[Envelope], bool] | None = None
+        # The same for several consecutive envelopes at once (one write for a burst).
+        self.direct_batch: Callable[[list[Envelope]], bool] | None = None
         self._coalesce_at = 0
         self._idle = False  # the transport waits for envelopes: a burst is no sign of lag
 
@@ -128,6 +132,24 @@ class Subscriber:
             self.fail("slow")
             return
         self._wakeup()
+
+    def offer_batch(self, envs: list[Envelope]) -> None:
+        """``offer`` for consecutive envelopes: one direct write for all when the fast path is open."""
+        if self.failure is not None:
+            return
+        if (
+            self._idle
+            and self.direct_batch is not None
+            and not self._queue
+            and envs[0].first_seq == self.cursor + 1
+            and self.cursor >= self.catch_up_to
+            and all(b.first_seq == a.seq + 1 for a, b in pairwise(envs))
+            and self.direct_batch(envs)
+        ):
+            self.cursor = envs[-1].seq
+            return
+        for env in envs:
+            self.offer(env)
 
     def park(self, on_wake: Callable[[], None]) -> bool:
         """Idle with no task waiting: True when caught up with nothing queued and a direct path set.
@@ -303,12 +325,19 @@ class Hub:
     def publish(self, conversation_id: str, envelopes: Iterable[Envelope]) -> None:
         view = self._views.get(conversation_id)
         subs = self._topics.get(conversation_id)
-        for env in envelopes:
+        batch = envelopes if isinstance(envelopes, list) else list(envelopes)
+        for env in batch:
             if view is not None and env.first_seq == view.last_seq + 1:
                 view.apply(env)
-            if subs:
-                for sub in subs:
-                    sub.offer(env)
+        if not subs or not batch:
+            return
+        if len(batch) == 1:
+            env = batch[0]
+            for sub in subs:
+                sub.offer(env)
+        else:  # viewer by viewer: each gets the whole burst in one write when it can
+            for sub in subs:
+                sub.offer_batch(batch)
 
     def viewers(self, conversation_id: str) -> int:
         return len(self._topics.get(conversation_id, ()))

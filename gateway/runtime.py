@@ -34,18 +34,34 @@ SUBMISSION_KEYS = 100_000
 
 
 class LocalSink:
-    """Single-process delivery: journal the envelope with its cursor, then fan it out."""
+    """Single-process delivery: journal the envelope with its cursor, then fan it out.
+
+    The fan-out runs once the current loop iteration is over, with every envelope the conversation
+    journaled meanwhile: a burst read in one chunk from HQ (a turn's final, usage and done) reaches
+    each viewer as one write instead of one per envelope.
+    """
 
     def __init__(self, journal: Journal, hub: Hub, metrics: Metrics) -> None:
         self._journal = journal
         self._hub = hub
         self._metrics = metrics
+        self._pending: dict[str, list[Envelope]] = {}
 
     async def emit(self, conversation_id: str, envelopes: list[Envelope], cursor: str | None) -> None:
         await self._journal.append(conversation_id, envelopes, cursor)
         for env in envelopes:
             self._metrics.envelopes.labels("VERBOSE" if env.stage == "VERBOSE" else "AUDIT").inc()
-        self._hub.publish(conversation_id, envelopes)
+        pending = self._pending.get(conversation_id)
+        if pending is not None:
+            pending.extend(envelopes)
+        elif envelopes:
+            self._pending[conversation_id] = list(envelopes)
+            asyncio.get_running_loop().call_soon(self._publish, conversation_id)
+
+    def _publish(self, conversation_id: str) -> None:
+        envelopes = self._pending.pop(conversation_id, None)
+        if envelopes:
+            self._hub.publish(conversation_id, envelopes)
 
 
 class Gateway:

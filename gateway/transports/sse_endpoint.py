@@ -93,6 +93,14 @@ class _DirectSse:
         self.delivered.inc()
         return True
 
+    def batch(self, envs: list[Envelope]) -> bool:
+        """Several consecutive envelopes in one chunk (frames are shared, only the join is per viewer)."""
+        data = _render(envs, self.user)
+        if data and not self.write(data):
+            return False
+        self.delivered.inc(len(envs))
+        return True
+
 
 def _request_id(raw: str | None) -> str:
     """The caller's X-Request-ID when it is a sane token, else a fresh one (logs only, never trusted)."""
@@ -150,7 +158,8 @@ async def _frames(
             if first:
                 yield first
             if hook.write_nowait is not None:
-                sub.direct = _DirectSse(hook.write_nowait, user, delivered)
+                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered)
+                sub.direct_batch = direct.batch
             while True:
                 timeout = keepalive
                 if expires_at is not None:

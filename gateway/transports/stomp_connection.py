@@ -58,11 +58,14 @@ class _SharedWire:
     mode, wire format): a fan-out encodes each envelope once and writes the same bytes to every
     viewer whose subscription renders alike (stompjs names its first subscription sub-0 everywhere)."""
 
-    __slots__ = ("__weakref__", "template", "wire")
+    __slots__ = ("__weakref__", "batch", "batch_count", "batch_wire", "template", "wire")
 
     def __init__(self) -> None:
         self.template: MessageTemplate | None = None
         self.wire = b""
+        self.batch: list[Envelope] | None = None  # the burst last encoded (Hub.publish's list)
+        self.batch_wire = b""
+        self.batch_count = 0
 
 
 _SHARED_WIRES: weakref.WeakValueDictionary[bytes, _SharedWire] = weakref.WeakValueDictionary()
@@ -375,7 +378,8 @@ class StompConnection:
         wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
         if wired is not None and isinstance(pipe, SharedWirePipe) and session.subscribed(sub_id):
             wire_format, encode = wired
-            shared = _shared_wire(session.render_key(sub_id) + wire_format.encode())
+            scope_tag = b"|user" if user else b"|full"
+            shared = _shared_wire(session.render_key(sub_id) + wire_format.encode() + scope_tag)
             write_wire = pipe.write_wire_nowait
 
             def direct_shared(env: Envelope) -> bool:
@@ -393,6 +397,20 @@ class StompConnection:
                 delivered.inc()
                 return True
 
+            def direct_batch(envs: list[Envelope]) -> bool:
+                if self._closed or not session.subscribed(sub_id):
+                    return False
+                if shared.batch is not envs:  # the first viewer of this burst encodes it
+                    shown = [e for e in envs if not (user and e.hidden_from_user)]
+                    frames = [encode(session.render(template_for(e, destination, user), sub_id)) for e in shown]
+                    shared.batch_wire, shared.batch_count, shared.batch = b"".join(frames), len(frames), envs
+                if shared.batch_count and not write_wire(shared.batch_wire):
+                    return False
+                self._last_out = time.monotonic()
+                delivered.inc(shared.batch_count)
+                return True
+
+            entry.subscriber.direct_batch = direct_batch
             return direct_shared
 
         def direct(env: Envelope) -> bool:

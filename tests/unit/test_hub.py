@@ -162,3 +162,49 @@ def test_journal_starting_at_a_large_seq() -> None:
         assert await drain(old, base + 2) == [base + 1, base + 2]
 
     run(t)
+
+
+def test_a_burst_goes_out_in_one_direct_write_and_falls_back_in_order() -> None:
+    async def t(journal: MemoryJournal, hub: Hub) -> None:
+        await emit(journal, hub, 1)
+        sub, _ = await hub.subscribe(C, None)
+        writes: list[list[int]] = []
+        accept = [True]
+
+        def one(e: Envelope) -> bool:
+            if accept[0]:
+                writes.append([e.seq])
+            return accept[0]
+
+        def many(envs: list[Envelope]) -> bool:
+            if accept[0]:
+                writes.append([e.seq for e in envs])
+            return accept[0]
+
+        sub.direct, sub.direct_batch = one, many
+        waiting = asyncio.create_task(sub.next_batch())
+        await asyncio.sleep(0)  # the transport now waits: the fast path is open
+        await emit(journal, hub, 2, 3, 4)
+        await emit(journal, hub, 5)
+        assert writes == [[2, 3, 4], [5]] and sub.cursor == 5
+        accept[0] = False  # the socket stops taking writes: the burst waits in the queue, in order
+        await emit(journal, hub, 6, 7, 8)
+        assert [e.seq for e in await waiting] == [6, 7, 8] and sub.cursor == 8
+
+    run(t)
+
+
+def test_a_burst_with_a_hole_is_not_written_directly() -> None:
+    async def t(journal: MemoryJournal, hub: Hub) -> None:
+        await emit(journal, hub, 1)
+        sub, _ = await hub.subscribe(C, None)
+        batches: list[list[int]] = []
+        sub.direct = lambda e: False
+        sub.direct_batch = lambda envs: batches.append([e.seq for e in envs]) is None
+        waiting = asyncio.create_task(sub.next_batch())
+        await asyncio.sleep(0)
+        sub.offer_batch([env(2), env(4)])  # not consecutive: never one direct write
+        assert batches == []
+        assert [e.seq for e in await waiting] == [2]
+
+    run(t)
