@@ -195,28 +195,32 @@ async def audit(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-async def snapshot(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+async def _reader_of_path_conversation(request: Request) -> tuple[str, Principal] | Response:
+    """The path's conversation id and the caller's principal for it, or the 400/401/403 to send."""
     try:
         conv = conversation_id(request.path_params["conversationId"])
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
     principal = await authorized(request, conv)
-    if isinstance(principal, Response):
-        return principal
+    return principal if isinstance(principal, Response) else (conv, principal)
+
+
+async def snapshot(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    target = await _reader_of_path_conversation(request)
+    if isinstance(target, Response):
+        return target
+    conv, principal = target
     snap = await gw.hub.snapshot(conv, int(time.time() * 1000))
     return Response(snap.body if principal.scope.full else snap.body_for_user, media_type="application/json")
 
 
 async def trace(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    try:
-        conv = conversation_id(request.path_params["conversationId"])
-    except BadRequest as exc:
-        return error(400, "bad_request", str(exc))
-    principal = await authorized(request, conv)
-    if isinstance(principal, Response):
-        return principal
+    target = await _reader_of_path_conversation(request)
+    if isinstance(target, Response):
+        return target
+    conv, principal = target
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, max(0, head.oldest - 1), gw.settings.journal_max_events)
     turns = build_trace([orjson.loads(body) for body in _visible_bodies(envs, principal)])
