@@ -7,11 +7,11 @@ RUN npm ci --no-audit --no-fund
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 COPY --from=vendor /console/node_modules/@stomp/stompjs/bundles/stomp.umd.min.js gateway/static/vendor/
 COPY --from=vendor /console/node_modules/sockjs-client/dist/sockjs.min.js gateway/static/vendor/
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home /app gateway

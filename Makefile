@@ -1,18 +1,39 @@
 # Entry points: demo, run, test, lint, bench. Everything a fresh machine needs is installed here.
-PY ?= python3.11
+# Any Python >= 3.11: the newest found on the PATH unless PY is given (make test PY=python3.12).
+PY ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench clean venv stack rabbitmq-stomp
+.PHONY: demo run test lint fmt bench clean venv stack rabbitmq-stomp lock test-latest
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every dependency's version comes from constraints.txt (the lock): a release elsewhere cannot change the product.
+LOCK := constraints.txt
+
+$(STAMP): pyproject.toml $(LOCK)
+	@test -n "$(PY)" || { echo "make: no Python >= 3.11 found on the PATH (set PY=/path/to/python3.11+)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test,dev]'
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges to today's newest releases and write them to the lock; review and test the diff.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock && .venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q '.[test,dev,bench]'
+	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude hq-gateway; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	@echo "constraints.txt refreshed: git diff constraints.txt, then make test"
+
+# Scheduled-style check, never part of CI: does the suite still pass on the newest releases (no lock)?
+test-latest: $(NODE_STAMP) rabbitmq-stomp vendor chromium
+	rm -rf .venv-latest && $(PY) -m venv .venv-latest && .venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q -e '.[test]'
+	.venv-latest/bin/python -m pip freeze --exclude hq-gateway | diff $(LOCK) - | grep '^[<>]' || echo "newest releases = the lock"
+	.venv-latest/bin/python -m pytest -q
 
 demo: $(STAMP) vendor
 	$(BIN)/hq-gateway demo
@@ -76,7 +97,7 @@ fmt: $(STAMP)
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 # BENCH_ARGS=--quick (a few minutes) | --full (10,000 idle viewers, 15+ minutes) | --no-profile (skip py-spy)
@@ -84,4 +105,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info
