@@ -6,7 +6,9 @@ Redis is a real redis-server on a free port; viewers are real SSE and STOMP conn
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -19,12 +21,7 @@ from tests.rawsse import RawSseViewer
 from tests.redis_server import RedisServer
 from tests.servers import ServerProcess
 
-TTL_MS = 1500
-
-
-def cluster_env(redis_url: str, **extra: str) -> dict[str, str]:
-    return {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_LEASE_TTL_MS": str(TTL_MS), **extra}
-
+from tests.faults.test_cluster import cluster_env
 
 def viewers_of(gw: ServerProcess, conv: str, n: int, last_event_id: str | None = None) -> list[RawSseViewer]:
     parts = urlsplit(gw.url)
@@ -155,6 +152,32 @@ def test_redis_losing_its_data_mid_turn_is_detected_told_and_resumed(
             assert_dense(after.seqs)
         assert all(r.seqs == resumed[0].seqs for r in resumed)
         for v in resumed:
+            await v.stop()
+
+    asyncio.run(main())
+
+
+def test_a_viewer_whose_redis_call_waits_past_the_pool_timeout_is_told(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_factory: Callable[..., RedisServer]
+) -> None:
+    """A stalled Redis with every pooled connection busy: waiting viewers are told, not left hanging."""
+    redis = redis_factory()
+    sim = start_simulator()
+    gw = start_gateway(sim.url, **cluster_env(redis.url, GATEWAY_REDIS_MAX_CONNECTIONS="2",
+                                              GATEWAY_REDIS_POOL_TIMEOUT_S="0.3"))  # fmt: skip
+
+    async def main() -> None:
+        with socket.create_connection(("127.0.0.1", redis.port)) as admin:
+            admin.sendall(b"CLIENT PAUSE 4000 ALL\r\n")
+            assert admin.recv(64).startswith(b"+OK")
+            # Distinct conversations: no two joins can share a call, so most must wait for a connection.
+            viewers = [v for _ in range(8) for v in viewers_of(gw, str(uuid.uuid4()), 1, last_event_id="5")]
+            await eventually(lambda: sum(v.closed.is_set() for v in viewers) >= 4, 15, "waiting viewers told")
+        told = [v for v in viewers if v.closed.is_set()]
+        for v in told:
+            ((event, data),) = v.told()
+            assert (event, data["error"], data["resumeFrom"]) == ("error", "journal_unavailable", 5)
+        for v in viewers:
             await v.stop()
 
     asyncio.run(main())
