@@ -16,12 +16,12 @@ import httpx
 import websockets
 
 from tests.clients import assert_dense, eventually
+from tests.faults.test_cluster import cluster_env
 from tests.integration.conftest import StartGateway, StartSimulator, sim_stats, submit
 from tests.rawsse import RawSseViewer
 from tests.redis_server import RedisServer
 from tests.servers import ServerProcess
 
-from tests.faults.test_cluster import cluster_env
 
 def viewers_of(gw: ServerProcess, conv: str, n: int, last_event_id: str | None = None) -> list[RawSseViewer]:
     parts = urlsplit(gw.url)
