@@ -22,3 +22,7 @@ class UpstreamFatal(GatewayError):
         super().__init__(f"HQ answered {status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class UpstreamUnavailable(GatewayError):
+    """A transient failure: connection refused, 5xx, wrong content type, stream cut or stalled."""

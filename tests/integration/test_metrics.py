@@ -58,7 +58,7 @@ def test_counters_after_a_simulated_turn(simulator: ServerProcess, start_gateway
         text = httpx.get(f"{gw.url}/metrics").text
         assert conv not in text  # never a conversation id as a label
         labels = set(re.findall(r'(\w+)="', text))
-        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile"}, labels
+        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile", "hook"}, labels
 
     asyncio.run(main())
 

@@ -11,13 +11,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from gateway.backoff import Backoff
 from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
 from gateway.envelope import Envelope
 from gateway.errors import ConfigError, JournalConflict
 from gateway.hub import Hub
 from gateway.journal.base import JournalHead
 from gateway.journal.redis import JournalUnavailable, RedisJournal
-from gateway.upstream.client import Backoff
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
