@@ -82,8 +82,13 @@ rabbitmq-stomp:
 	@if command -v rabbitmq-plugins >/dev/null 2>&1; then rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp >/dev/null 2>&1 || true; fi
 
 # Lint first: CI fails on lint errors (ruff and mypy are pinned in the dev extra).
+# Then the integration suite once more with the server hooks off (plain ASGI, uvicorn's stock protocols):
+# the fallback stays correct. Left out: tests that run uvicorn in-process and choose their protocols.
+HOOKS_OFF_SKIP := $(addprefix --ignore=tests/integration/,test_server_hooks.py test_connection_layer.py test_sockjs_http.py)
+
 test: lint $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	$(BIN)/python -m pytest -q
+	GATEWAY_SERVER_HOOKS=off $(BIN)/python -m pytest -q tests/integration $(HOOKS_OFF_SKIP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests benchmarks

@@ -21,6 +21,7 @@ from gateway.limits import ClientConnectionLimit, TokenBuckets, refusals_counter
 from gateway.metrics import metrics_endpoint
 from gateway.runtime import Gateway
 from gateway.transports.pipe import ConnectionInfo, Pipe
+from gateway.transports.server_hooks import HOOKS, RequestHeadLimit, hooks_for
 from gateway.transports.sockjs_http import sockjs_routes
 from gateway.transports.sse_endpoint import stream_endpoint
 from gateway.transports.stomp_connection import StompConnection
@@ -117,8 +118,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     )
     gw.on_drain.append(stomp.server.close_all)
 
+    hooks = hooks_for(settings)
+
     def guards(inner: ASGIApp) -> ASGIApp:
-        limited = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
+        limited: ASGIApp = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
+        if not hooks.active:  # otherwise the HTTP protocol hook bounds heads as they arrive
+            limited = RequestHeadLimit(limited, settings.max_header_bytes)
         return ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
 
     def streams(scope: Scope) -> ASGIApp | None:
@@ -131,6 +136,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
 
     app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams)
     app.state.gateway = gw
+    app.state.server_hooks = hooks
+    for hook in HOOKS:
+        gw.metrics.server_hooks.labels(hook).set(int(hooks.active))
     app.state.auth = auth
     app.state.submit_limiter = TokenBuckets(settings.submit_rate_per_s, settings.submit_burst)
     app.state.refusals = refusals

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import socket
 import sys
@@ -20,8 +21,7 @@ from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.ids import BadRequest, conversation_id
 from gateway.logs import configure
-from gateway.transports.http_head import bounded_http_protocol
-from gateway.transports.server import AbortableWebSocketProtocol
+from gateway.transports.server_hooks import ServerHooks
 
 DEFAULT_CONFIG = "config/gateway.toml"
 
@@ -65,8 +65,12 @@ class QuietServer(uvicorn.Server):
 def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settings | None = None) -> uvicorn.Config:
     limits: dict[str, Any] = {}
     if settings is not None:  # hostile input: bounded request heads and WebSocket messages
+        hooks: ServerHooks = app.state.server_hooks
+        off_by_request = hooks.active or settings.server_hooks == "off"
+        logging.getLogger("gateway.server").log(logging.INFO if off_by_request else logging.WARNING, hooks.describe())
         limits = {
-            "http": bounded_http_protocol(settings.max_header_bytes),
+            "http": hooks.http,
+            "ws": hooks.ws,
             "h11_max_incomplete_event_size": settings.max_header_bytes,
             "ws_max_size": settings.stomp_max_frame_bytes + 1024,
             "ws_per_message_deflate": settings.websocket_compression,
@@ -79,7 +83,6 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settin
         log_level=level,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        ws=AbortableWebSocketProtocol,
         access_log=False,
         **limits,
     )

@@ -105,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("public_url", "server", "public_url", str, ""),
     Setting("socket_sndbuf_bytes", "server", "socket_sndbuf_bytes", int, 131072, _range(0, 64 << 20)),
     Setting("websocket_compression", "server", "websocket_compression", bool, False),
+    Setting("server_hooks", "server", "server_hooks", str, "on", _one_of("on", "off")),
     Setting("hq_base_url", "hq", "base_url", str, "http://127.0.0.1:8090", _url("http", "https")),
     Setting("hq_token", "hq", "token", str, "hq_pat_simulator"),
     Setting("hq_connect_timeout_s", "hq", "connect_timeout_s", float, 5.0, _range(0.1, 120)),
@@ -151,6 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_hq_cache_size", "auth", "hq_cache_size", int, 10_000, _range(1, 10_000_000)),
     Setting("max_connections_per_client", "limits", "max_connections_per_client", int, 1000, _range(0, 1_000_000)),
     Setting("max_header_bytes", "limits", "max_header_bytes", int, 16 * 1024, _range(1024, 1 << 20)),
+    Setting("request_head_timeout_s", "limits", "request_head_timeout_s", float, 20.0, _range(0.05, 300)),
     Setting("submit_rate_per_s", "limits", "submit_rate_per_s", float, 2.0, _range(0.001, 100_000)),
     Setting("submit_burst", "limits", "submit_burst", int, 20, _range(1, 100_000)),
     Setting("bridge_url", "bridge", "url", str, "", _broker_url),
@@ -189,6 +191,7 @@ class Settings:
     public_url: str = ""
     socket_sndbuf_bytes: int = 131072
     websocket_compression: bool = False
+    server_hooks: str = "on"
     hq_base_url: str = "http://127.0.0.1:8090"
     hq_token: str = field(default="hq_pat_simulator", repr=False)
     hq_connect_timeout_s: float = 5.0
@@ -235,6 +238,7 @@ class Settings:
     auth_hq_cache_size: int = 10_000
     max_connections_per_client: int = 1000
     max_header_bytes: int = 16 * 1024
+    request_head_timeout_s: float = 20.0
     submit_rate_per_s: float = 2.0
     submit_burst: int = 20
     bridge_url: str = field(default="", repr=False)  # may carry the broker password

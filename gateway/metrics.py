@@ -38,6 +38,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.server_hooks = Gauge("hqgw_server_hooks", "1 when a server-specific connection hook is active",
+                                  ["hook"], registry=r)  # fmt: skip
         self.submissions = Counter("hqgw_submissions", "Turn submissions by outcome", ["outcome"], registry=r)
         self.redis_up = Gauge("hqgw_redis_up", "1 when Redis answers (cluster mode)", registry=r)
         self.redis_data_loss = Counter("hqgw_redis_data_loss", "Times Redis lost or rolled back journal data under "

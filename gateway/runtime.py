@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from gateway.backoff import Backoff
 from gateway.bridge.redis_store import RedisCursorStore, RedisPinStore
 from gateway.bridge.relay import Bridge
 from gateway.config import Settings
@@ -24,7 +25,7 @@ from gateway.journal.batched import BatchedReads
 from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
 from gateway.metrics import Metrics
-from gateway.upstream.client import Backoff, HqClient
+from gateway.upstream.client import HqClient
 from gateway.upstream.clustered import ClusteredConversation
 from gateway.upstream.registry import Activation, UpstreamRegistry
 from gateway.upstream.supervisor import ConversationUpstream, Sink

@@ -18,8 +18,8 @@ from gateway.errors import JournalUnavailable
 from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
-from gateway.runtime import Gateway
 from gateway.transports.server import write_body_nowait_of
+from gateway.transports.services import ViewerServices
 from gateway.transports.sse_response import SseResponse
 
 log = logging.getLogger("gateway.sse")
@@ -28,7 +28,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "
 
 
 async def stream_endpoint(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw: ViewerServices = request.app.state.gateway
     try:
         conv = conversation_id(request.path_params["conversationId"])
         # EventSource sends Last-Event-ID on its reconnects; it supersedes the URL's since_seq.
@@ -130,7 +130,7 @@ def _expired(resume_from: int) -> bytes:
 
 
 async def _frames(
-    gw: Gateway, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
+    gw: ViewerServices, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
     coalesce: bool,
 ) -> AsyncGenerator[bytes, None]:  # fmt: skip
     keepalive = gw.settings.sse_keepalive_s

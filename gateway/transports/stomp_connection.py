@@ -28,8 +28,8 @@ from gateway.protocols.stomp import (
     SubscribeRequest,
     UnsubscribeRequest,
 )
-from gateway.runtime import Gateway
 from gateway.transports.pipe import ConnectionInfo, Pipe, SharedWirePipe
+from gateway.transports.services import ViewerServices
 
 log = logging.getLogger("gateway.stomp")
 
@@ -90,7 +90,7 @@ class _Subscription:
 class StompConnection:
     """PipeHandler: feeds the sans-I/O session, acts on its events, delivers envelopes."""
 
-    def __init__(self, gw: Gateway, pipe: Pipe, info: ConnectionInfo, *, auth: Authenticator) -> None:
+    def __init__(self, gw: ViewerServices, pipe: Pipe, info: ConnectionInfo, *, auth: Authenticator) -> None:
         s = gw.settings
         self._gw = gw
         self._auth = auth
@@ -476,5 +476,7 @@ def _header(req: SubscribeRequest, name: str) -> str | None:
     return None
 
 
-async def stomp_handler_factory(gw: Gateway, pipe: Pipe, info: ConnectionInfo, auth: Authenticator) -> StompConnection:
+async def stomp_handler_factory(
+    gw: ViewerServices, pipe: Pipe, info: ConnectionInfo, auth: Authenticator
+) -> StompConnection:
     return StompConnection(gw, pipe, info, auth=auth)

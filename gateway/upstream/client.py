@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,15 +12,13 @@ import httpx
 import orjson
 from httpx_sse import EventSource, SSEError
 
+from gateway.backoff import Backoff as Backoff  # re-exported: its old home
 from gateway.envelope import HqEvent
-from gateway.errors import GatewayError, UpstreamFatal
+from gateway.errors import UpstreamFatal
+from gateway.errors import UpstreamUnavailable as UpstreamUnavailable  # re-exported: its old home
 
 # Statuses that retrying cannot fix: stop and tell the viewers (DESIGN: upstream).
 FATAL_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "conversation not found"}
-
-
-class UpstreamUnavailable(GatewayError):
-    """A transient failure: connection refused, 5xx, wrong content type, stream cut or stalled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +42,6 @@ def decode_data(raw: str) -> Any:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         return raw
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter (AWS architecture blog), randomness injected."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._rng = rng
-        self.attempt = 0
-        self.floor_s = 0.0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(self.attempt, 40))
-        self.attempt += 1
-        return max(self.floor_s, ceiling * float(self._rng()))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class _Watchdog:

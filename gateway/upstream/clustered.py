@@ -17,13 +17,14 @@ from typing import Any
 
 import redis.asyncio
 
+from gateway.backoff import Backoff
 from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
 from gateway.envelope import Envelope, HqEvent, Mapping, TurnState, normalize
 from gateway.errors import JournalConflict
 from gateway.hub import Hub, Subscriber
+from gateway.journal.availability import JournalUnavailable
 from gateway.journal.base import JournalHead
-from gateway.journal.redis import JournalUnavailable, RedisJournal
-from gateway.upstream.client import Backoff
+from gateway.journal.redis import RedisJournal
 from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamState
 
 log = logging.getLogger("gateway.cluster")

@@ -12,6 +12,7 @@ import httpx
 from tests.clients import SseViewer
 from tests.integration.conftest import StartGateway, sim_stats, submit
 from tests.servers import ServerProcess
+from tests.waiting import eventually
 
 
 def scrape(gw: ServerProcess) -> dict[str, float]:
@@ -58,7 +59,7 @@ def test_counters_after_a_simulated_turn(simulator: ServerProcess, start_gateway
         text = httpx.get(f"{gw.url}/metrics").text
         assert conv not in text  # never a conversation id as a label
         labels = set(re.findall(r'(\w+)="', text))
-        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile"}, labels
+        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile", "hook"}, labels
 
     asyncio.run(main())
 
@@ -95,19 +96,15 @@ def test_idle_viewers_that_vanish_are_detached_and_the_upstream_released(
         await eventually_metric(gw, 'hqgw_viewers{transport="sse"}', 0)
         await eventually_metric(gw, 'hqgw_viewers{transport="websocket"}', 0)
         await eventually_metric(gw, 'hqgw_connections{transport="websocket"}', 0)
-        deadline = asyncio.get_running_loop().time() + 10  # linger is 1 s in the test gateways
-        while sim_stats(simulator)["open_streams"].get(conv):
-            assert asyncio.get_running_loop().time() < deadline, "upstream still open after every viewer left"
-            await asyncio.sleep(0.05)
+        # linger is 1 s in the test gateways
+        await eventually(lambda: not sim_stats(simulator)["open_streams"].get(conv), 10,
+                         "the upstream closed after every viewer left")  # fmt: skip
 
     asyncio.run(main())
 
 
 async def eventually_metric(gw: ServerProcess, name: str, value: float, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while scrape(gw).get(name, 0.0) != value:
-        assert asyncio.get_running_loop().time() < deadline, f"{name} != {value}: {scrape(gw).get(name)}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: scrape(gw).get(name, 0.0) == value, timeout, f"{name} == {value}", interval=0.05)
 
 
 class WsClient:
