@@ -112,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hq_backoff_initial_s", "hq", "backoff_initial_s", float, 0.25, _range(0.001, 60)),
     Setting("hq_backoff_max_s", "hq", "backoff_max_s", float, 15.0, _range(0.01, 600)),
     Setting("hq_linger_s", "hq", "linger_s", float, 30.0, _range(0, 3600)),
+    Setting("hq_attach_timeout_s", "hq", "attach_timeout_s", float, 5.0, _range(0.1, 120)),
     Setting("redis_url", "redis", "url", str, "", _url("redis", "rediss", "unix", optional=True)),
     Setting("redis_key_prefix", "redis", "key_prefix", str, "hqgw"),
     Setting("redis_lease_ttl_ms", "redis", "lease_ttl_ms", int, 5000, _range(500, 600_000)),
@@ -192,6 +193,7 @@ class Settings:
     hq_backoff_initial_s: float = 0.25
     hq_backoff_max_s: float = 15.0
     hq_linger_s: float = 30.0
+    hq_attach_timeout_s: float = 5.0
     redis_url: str = ""
     redis_key_prefix: str = "hqgw"
     redis_lease_ttl_ms: int = 5000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -19,11 +20,11 @@ from gateway.limits import TokenBuckets
 from gateway.runtime import Gateway
 from gateway.trace import build_trace
 from gateway.upstream.client import UpstreamUnavailable
+from gateway.upstream.registry import Activation
 from gateway.upstream.supervisor import UpstreamState
 
 MAX_BODY = 1 << 20
 MAX_MESSAGE_CHARS = 100_000
-ATTACH_TIMEOUT_S = 5.0
 TURN_HOLD_S = 900.0
 MAX_PAGE = 1000
 
@@ -114,15 +115,20 @@ async def post_message(request: Request) -> Response:
     upstream = gw.upstreams.hold(conv, "turn")
     released = False
     try:
-        # Attach before posting (HQ streaming guide) so the turn's first events are not missed.
-        try:
-            async with asyncio.timeout(ATTACH_TIMEOUT_S):
-                while not upstream.connected.is_set() and upstream.state is not UpstreamState.FAILED:
-                    await asyncio.wait_for(upstream.connected.wait(), 0.25)
-        except TimeoutError:
-            pass  # HQ replays from our cursor once the stream is up; submit anyway.
+        # Attach before posting (HQ streaming guide): HQ replays nothing to a fresh attach, so a turn
+        # posted before the stream is live loses its first events, or all of them.
+        attach_s = gw.settings.hq_attach_timeout_s
+        live = await _wait_live(upstream, attach_s)
         if upstream.state is UpstreamState.FAILED:
             return error(502, "upstream_refused", "HQ refused this conversation's stream")
+        if not live:
+            # Nothing was posted to HQ nor journaled: retrying (same idempotencyKey) is safe.
+            return JSONResponse(
+                {"error": "upstream_not_ready", "message": f"HQ's stream of this conversation was not live within "
+                 f"{attach_s:g} s; nothing was submitted, retry later"},
+                status_code=503,
+                headers={"Retry-After": str(max(1, math.ceil(attach_s)))},
+            )  # fmt: skip
         upstream.turn_ended.clear()
         first_time = gw.remember_submission(conv, key)
         if first_time:
@@ -157,6 +163,20 @@ async def post_message(request: Request) -> Response:
     finally:
         if not released:
             gw.upstreams.release(conv, "turn")
+
+
+async def _wait_live(upstream: Activation, timeout: float) -> bool:
+    """True once the upstream is connected; False when ``timeout`` passes or HQ refused it for good."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not upstream.connected.is_set():
+        remaining = deadline - loop.time()
+        if upstream.state is UpstreamState.FAILED or remaining <= 0:
+            return False
+        # Polled: FAILED sets no event. The short timeout is caught here, never taken for the whole wait.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(upstream.connected.wait(), min(0.25, remaining))
+    return True
 
 
 async def _hold_until_turn_ends(gw: Gateway, conv: str, ended: asyncio.Event) -> None:
