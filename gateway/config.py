@@ -118,6 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_lease_ttl_ms", "redis", "lease_ttl_ms", int, 5000, _range(500, 600_000)),
     Setting("journal_max_events", "journal", "max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("journal_max_age_s", "journal", "max_age_s", float, 86_400.0, _range(1, 365 * 86_400)),
+    Setting("journal_max_conversations", "journal", "max_conversations", int, 10_000, _range(1, 10_000_000)),
     Setting("replay_max_events", "journal", "replay_max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("queue_max_messages", "hub", "queue_max_messages", int, 1_000, _range(1, 1_000_000)),
     Setting("queue_max_bytes", "hub", "queue_max_bytes", int, 1 << 20, _range(1024, 1 << 30)),
@@ -199,6 +200,7 @@ class Settings:
     redis_lease_ttl_ms: int = 5000
     journal_max_events: int = 10_000
     journal_max_age_s: float = 86_400.0
+    journal_max_conversations: int = 10_000
     replay_max_events: int = 10_000
     queue_max_messages: int = 1_000
     queue_max_bytes: int = 1 << 20

@@ -339,6 +339,10 @@ class Hub:
             for sub in subs:
                 sub.offer_batch(batch)
 
+    def forget(self, conversation_id: str) -> None:
+        """Drop the conversation's turn view (its journal was retired); a later snapshot rebuilds it."""
+        self._views.pop(conversation_id, None)
+
     def viewers(self, conversation_id: str) -> int:
         return len(self._topics.get(conversation_id, ()))
 

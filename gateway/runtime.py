@@ -82,7 +82,10 @@ class Gateway:
             self._tail_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
             journal = RedisJournal(self.redis, prefix=settings.redis_key_prefix, max_events=settings.journal_max_events,
                                    max_age_s=settings.journal_max_age_s)  # fmt: skip
-        self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
+        if journal is None:
+            journal = MemoryJournal(settings.journal_max_events, settings.journal_max_age_s,
+                                    max_conversations=settings.journal_max_conversations)  # fmt: skip
+        self.journal: Journal = journal
         self.hub = Hub(self.journal, settings.queue_max_messages, settings.queue_max_bytes, settings.replay_max_events)
         if settings.coalesce:
             self.hub.coalesce_after = settings.coalesce_after
@@ -91,6 +94,9 @@ class Gateway:
         )
         self.sink = LocalSink(self.journal, self.hub, self.metrics)
         self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        if isinstance(self.journal, MemoryJournal):
+            self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
+            self.journal.on_retired = self.hub.forget
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -156,9 +162,11 @@ class Gateway:
         return isinstance(activation, ClusteredConversation) and activation.is_leader
 
     async def start(self) -> None:
-        """Background duties of a running process (the Redis health probe in cluster mode)."""
+        """Background duties of a running process (Redis health probe, memory journal sweep)."""
         if self.redis is not None:
             self.spawn(self._watch_redis(), name="redis-health")
+        if isinstance(self.journal, MemoryJournal):  # expiry must not wait for someone to read
+            self.spawn(self.journal.run_sweeper(), name="journal-sweep")
 
     async def _watch_redis(self) -> None:
         assert self.redis is not None
