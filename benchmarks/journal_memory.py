@@ -109,6 +109,7 @@ def _gateway(log_dir: Path, hq_url: str) -> ServerProcess:
         "GATEWAY_JOURNAL_MAX_AGE_S": str(MAX_AGE_S),
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_CLIENT": "0",
+        "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",
     }
     return start_process(python_module("gateway.cli", "serve"), env=env, log_dir=log_dir, name="gateway",
                          ready_url=f"http://{HOST}:{port}/healthz")  # fmt: skip

@@ -151,6 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_header_bytes", "limits", "max_header_bytes", int, 16 * 1024, _range(1024, 1 << 20)),
     Setting("submit_rate_per_s", "limits", "submit_rate_per_s", float, 2.0, _range(0.001, 100_000)),
     Setting("submit_burst", "limits", "submit_burst", int, 20, _range(1, 100_000)),
+    Setting("upstream_activations_per_s", "limits", "upstream_activations_per_s", float, 2.0, _range(0.001, 100_000)),
+    Setting("upstream_activation_burst", "limits", "upstream_activation_burst", int, 100, _range(0, 10_000_000)),
+    Setting("max_upstreams", "limits", "max_upstreams", int, 10_000, _range(0, 10_000_000)),
     Setting("bridge_url", "bridge", "url", str, "", _broker_url),
     Setting(
         "bridge_destination",
@@ -233,6 +236,9 @@ class Settings:
     max_header_bytes: int = 16 * 1024
     submit_rate_per_s: float = 2.0
     submit_burst: int = 20
+    upstream_activations_per_s: float = 2.0
+    upstream_activation_burst: int = 100
+    max_upstreams: int = 10_000
     bridge_url: str = field(default="", repr=False)  # may carry the broker password
     bridge_destination: str = "/topic/convengine.audit.{conversationId}"
     bridge_pin: str = ""

@@ -22,6 +22,7 @@ from gateway.hub import Hub
 from gateway.journal.base import Journal
 from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
+from gateway.limits import TokenBuckets
 from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient
 from gateway.upstream.clustered import ClusteredConversation
@@ -93,7 +94,11 @@ class Gateway:
             settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
         )
         self.sink = LocalSink(self.journal, self.hub, self.metrics)
-        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        activations = None
+        if settings.upstream_activation_burst:
+            activations = TokenBuckets(settings.upstream_activations_per_s, settings.upstream_activation_burst)
+        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s,
+                                          max_upstreams=settings.max_upstreams, activations=activations)  # fmt: skip
         if isinstance(self.journal, MemoryJournal):
             self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
             self.journal.on_retired = self.hub.forget

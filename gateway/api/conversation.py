@@ -16,11 +16,12 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.ids import BadRequest, conversation_id, seq_cursor
-from gateway.limits import TokenBuckets
+from gateway.limits import TokenBuckets, limit_key
 from gateway.runtime import Gateway
 from gateway.trace import build_trace
+from gateway.transports.sse_endpoint import activation_refused_response
 from gateway.upstream.client import UpstreamUnavailable
-from gateway.upstream.registry import Activation
+from gateway.upstream.registry import Activation, ActivationRefused
 from gateway.upstream.supervisor import UpstreamState
 
 MAX_BODY = 1 << 20
@@ -79,6 +80,11 @@ def _rate_limited(request: Request, principal: Principal) -> Response | None:
     )
 
 
+def _who(request: Request, principal: Principal) -> str:
+    auth: Authenticator = request.app.state.auth
+    return limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
+
+
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
     conv = conversation_id(str(body.get("conversationId", "")))
     message = body.get("message")
@@ -112,7 +118,10 @@ async def post_message(request: Request) -> Response:
     if (limited := _rate_limited(request, principal)) is not None:
         return limited
     key = key or str(uuid.uuid4())
-    upstream = gw.upstreams.hold(conv, "turn")
+    try:
+        upstream = gw.upstreams.hold(conv, "turn", who=_who(request, principal))
+    except ActivationRefused as refusal:
+        return activation_refused_response(refusal)
     released = False
     try:
         # Attach before posting (HQ streaming guide): HQ replays nothing to a fresh attach, so a turn
