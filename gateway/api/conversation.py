@@ -21,6 +21,7 @@ from gateway.runtime import Gateway
 from gateway.trace import build_trace
 from gateway.transports.sse_endpoint import activation_refused_response
 from gateway.upstream.client import UpstreamUnavailable
+from gateway.upstream.clustered import ClusteredConversation
 from gateway.upstream.registry import Activation, ActivationRefused
 from gateway.upstream.supervisor import UpstreamState
 
@@ -175,17 +176,24 @@ async def post_message(request: Request) -> Response:
 
 
 async def _wait_live(upstream: Activation, timeout: float) -> bool:
-    """True once the upstream is connected; False when ``timeout`` passes or HQ refused it for good."""
+    """True once HQ's stream of the conversation is up; False when ``timeout`` passes or HQ refused it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not upstream.connected.is_set():
+    while True:
+        # Cluster mode: "connected" on a process that does not hold the lease only says someone does;
+        # the holder's stream must be up as well (HQ replays nothing to a fresh attach).
+        if upstream.connected.is_set() and (
+            not isinstance(upstream, ClusteredConversation) or await upstream.holder_live()
+        ):
+            return True
         remaining = deadline - loop.time()
         if upstream.state is UpstreamState.FAILED or remaining <= 0:
             return False
-        # Polled: FAILED sets no event. The short timeout is caught here, never taken for the whole wait.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(upstream.connected.wait(), min(0.25, remaining))
-    return True
+        if upstream.connected.is_set():
+            await asyncio.sleep(min(0.1, remaining))
+        else:  # polled: FAILED sets no event. The short timeout is caught here, not taken for the whole wait.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(upstream.connected.wait(), min(0.25, remaining))
 
 
 async def _hold_until_turn_ends(gw: Gateway, conv: str, ended: asyncio.Event) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.clients import SseViewer, assert_dense
+from tests.clients import SseViewer, assert_dense, eventually
 from tests.integration.conftest import StartGateway, StartSimulator, sim_faults, sim_stats
 
 
@@ -28,11 +28,11 @@ def turn_of(viewer: SseViewer) -> list[dict[str, Any]]:
 def test_hq_503_at_attach_shorter_than_the_wait_delivers_the_whole_turn(
     start_simulator: StartSimulator, start_gateway: StartGateway, conv: str
 ) -> None:
-    # Each refused open costs a backoff (0.3 s here): 4 of them keep the stream down ~1 s, well past the
-    # 0.25 s after which the old code gave up waiting and posted the turn into the void.
+    # Each refused open costs a backoff (full jitter up to 0.3 s here): 6 of them keep the stream down ~1 s,
+    # past the 0.25 s after which the old code gave up waiting and posted the turn into the void.
     sim = start_simulator()
     gw = start_gateway(sim.url, GATEWAY_HQ_BACKOFF_INITIAL_S="0.3", GATEWAY_HQ_BACKOFF_MAX_S="0.3")
-    sim_faults(sim, {"status": 503, "count": 4})
+    sim_faults(sim, {"status": 503, "count": 6})
 
     async def main() -> None:
         viewer = SseViewer(gw.url, conv).start()
@@ -41,7 +41,7 @@ def test_hq_503_at_attach_shorter_than_the_wait_delivers_the_whole_turn(
         reply = await submit_async(gw.url, conv, "slow attach [deltas=12] [tools=1]")
         assert reply.status_code == 202, reply.text
         assert time.monotonic() - began > 0.25, "answered before HQ's stream could be live"
-        assert sim_stats(sim)["stream_opens"][conv] == 5  # four 503s, then the stream that carried the turn
+        assert sim_stats(sim)["stream_opens"][conv] == 7  # six 503s, then the stream that carried the turn
         await viewer.wait_for_stage("ENGINE_RETURN", timeout=20)
         assert_dense(viewer.seqs)
         turn = turn_of(viewer)
@@ -90,6 +90,33 @@ def test_hq_down_longer_than_the_wait_is_503_and_nothing_submitted(
         assert [e["stage"] for e in turn].count("USER_INPUT") == 1
         assert [e["stage"] for e in turn].count("ASSISTANT_OUTPUT_DELTA") == 3
         assert_dense([e["auditId"] or e["verbose"]["verboseId"] for e in turn])
+        await viewer.stop()
+
+    asyncio.run(main())
+
+
+def test_cluster_non_holder_answers_202_only_once_the_holders_stream_is_live(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_url: str, conv: str
+) -> None:
+    """A process without the lease used to take "someone holds the lease" for "HQ's stream is up"."""
+    sim = start_simulator()
+    env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_LEASE_TTL_MS": "1500",
+           "GATEWAY_HQ_BACKOFF_INITIAL_S": "0.3", "GATEWAY_HQ_BACKOFF_MAX_S": "0.3"}  # fmt: skip
+    holder, other = (start_gateway(sim.url, **env) for _ in range(2))
+    sim_faults(sim, {"status": 503, "count": 8})
+
+    async def main() -> None:
+        viewer = SseViewer(holder.url, conv).start()  # the holder: the lease is taken, its stream refused
+        await viewer.wait_connected()
+        await eventually(lambda: sim_stats(sim)["stream_opens"].get(conv, 0) >= 1, 5, "the holder's first open")
+        reply = await submit_async(other.url, conv, "through the other process [deltas=12]")
+        assert reply.status_code == 202, reply.text
+        assert sim_stats(sim)["stream_opens"][conv] == 9, "posted before the holder's stream was up"
+        await viewer.wait_for_stage("ENGINE_RETURN", timeout=20)
+        assert_dense(viewer.seqs)
+        stages = [e["stage"] for e in turn_of(viewer)]
+        assert stages.count("ASSISTANT_OUTPUT_DELTA") == 12 and stages[-1] == "ENGINE_RETURN"
+        assert sim_stats(sim)["open_streams"][conv] == 1  # one upstream for the cluster
         await viewer.stop()
 
     asyncio.run(main())
