@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench clean venv stack rabbitmq-stomp lock test-latest
+.PHONY: demo run test lint fmt bench bench-journal clean venv stack rabbitmq-stomp lock test-latest
 
 venv: $(STAMP)
 
@@ -108,6 +108,10 @@ $(BENCH_STAMP): $(STAMP)
 # BENCH_ARGS=--quick (a few minutes) | --full (10,000 idle viewers, 15+ minutes) | --no-profile (skip py-spy)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Memory journal: bytes kept per envelope (tracemalloc) and gateway RSS across rounds of expiring conversations.
+bench-journal: $(STAMP)
+	$(BIN)/python -m benchmarks.journal_memory
 
 clean:
 	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info

@@ -214,6 +214,7 @@ class Server:
                 "GATEWAY_HQ_LINGER_S": "2",
                 "GATEWAY_LOG_LEVEL": "warning",
                 "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_CLIENT": "0",  # every viewer comes from 127.0.0.1
+                "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",  # 1,000 conversations opened from there too
             }
             args = python_module("gateway.cli", "serve")
             ready = f"http://{HOST}:{self.port}/healthz"

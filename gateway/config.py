@@ -113,6 +113,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hq_backoff_initial_s", "hq", "backoff_initial_s", float, 0.25, _range(0.001, 60)),
     Setting("hq_backoff_max_s", "hq", "backoff_max_s", float, 15.0, _range(0.01, 600)),
     Setting("hq_linger_s", "hq", "linger_s", float, 30.0, _range(0, 3600)),
+    Setting("hq_attach_timeout_s", "hq", "attach_timeout_s", float, 5.0, _range(0.1, 120)),
     Setting("redis_url", "redis", "url", str, "", _url("redis", "rediss", "unix", optional=True)),
     Setting("redis_key_prefix", "redis", "key_prefix", str, "hqgw"),
     Setting("redis_lease_ttl_ms", "redis", "lease_ttl_ms", int, 5000, _range(500, 600_000)),
@@ -122,6 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_outage_notice_s", "redis", "outage_notice_s", float, 5.0, _range(0.1, 3600)),
     Setting("journal_max_events", "journal", "max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("journal_max_age_s", "journal", "max_age_s", float, 86_400.0, _range(1, 365 * 86_400)),
+    Setting("journal_max_conversations", "journal", "max_conversations", int, 10_000, _range(1, 10_000_000)),
     Setting("replay_max_events", "journal", "replay_max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("queue_max_messages", "hub", "queue_max_messages", int, 1_000, _range(1, 1_000_000)),
     Setting("queue_max_bytes", "hub", "queue_max_bytes", int, 1 << 20, _range(1024, 1 << 30)),
@@ -155,6 +157,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_head_timeout_s", "limits", "request_head_timeout_s", float, 20.0, _range(0.05, 300)),
     Setting("submit_rate_per_s", "limits", "submit_rate_per_s", float, 2.0, _range(0.001, 100_000)),
     Setting("submit_burst", "limits", "submit_burst", int, 20, _range(1, 100_000)),
+    Setting("upstream_activations_per_s", "limits", "upstream_activations_per_s", float, 2.0, _range(0.001, 100_000)),
+    Setting("upstream_activation_burst", "limits", "upstream_activation_burst", int, 100, _range(0, 10_000_000)),
+    Setting("max_upstreams", "limits", "max_upstreams", int, 10_000, _range(0, 10_000_000)),
     Setting("bridge_url", "bridge", "url", str, "", _broker_url),
     Setting(
         "bridge_destination",
@@ -199,6 +204,7 @@ class Settings:
     hq_backoff_initial_s: float = 0.25
     hq_backoff_max_s: float = 15.0
     hq_linger_s: float = 30.0
+    hq_attach_timeout_s: float = 5.0
     redis_url: str = ""
     redis_key_prefix: str = "hqgw"
     redis_lease_ttl_ms: int = 5000
@@ -208,6 +214,7 @@ class Settings:
     redis_outage_notice_s: float = 5.0
     journal_max_events: int = 10_000
     journal_max_age_s: float = 86_400.0
+    journal_max_conversations: int = 10_000
     replay_max_events: int = 10_000
     queue_max_messages: int = 1_000
     queue_max_bytes: int = 1 << 20
@@ -241,6 +248,9 @@ class Settings:
     request_head_timeout_s: float = 20.0
     submit_rate_per_s: float = 2.0
     submit_burst: int = 20
+    upstream_activations_per_s: float = 2.0
+    upstream_activation_burst: int = 100
+    max_upstreams: int = 10_000
     bridge_url: str = field(default="", repr=False)  # may carry the broker password
     bridge_destination: str = "/topic/convengine.audit.{conversationId}"
     bridge_pin: str = ""

@@ -24,6 +24,7 @@ from gateway.journal.base import Journal
 from gateway.journal.batched import BatchedReads
 from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
+from gateway.limits import TokenBuckets
 from gateway.metrics import Metrics
 from gateway.upstream.client import HqClient
 from gateway.upstream.clustered import ClusteredConversation
@@ -99,7 +100,10 @@ class Gateway:
                                    max_age_s=settings.journal_max_age_s)  # fmt: skip
             # A thousand viewers joining at once cost one head call, not a thousand.
             hub_journal = BatchedReads(journal)
-        self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
+        if journal is None:
+            journal = MemoryJournal(settings.journal_max_events, settings.journal_max_age_s,
+                                    max_conversations=settings.journal_max_conversations)  # fmt: skip
+        self.journal: Journal = journal
         self.hub = Hub(hub_journal or self.journal, settings.queue_max_messages, settings.queue_max_bytes,
                        settings.replay_max_events)  # fmt: skip
         self.data_loss: tuple[float, str] | None = None  # (when, what) Redis lost under us, for /readyz
@@ -109,7 +113,14 @@ class Gateway:
             settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
         )
         self.sink = LocalSink(self.journal, self.hub, self.metrics)
-        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        activations = None
+        if settings.upstream_activation_burst:
+            activations = TokenBuckets(settings.upstream_activations_per_s, settings.upstream_activation_burst)
+        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s,
+                                          max_upstreams=settings.max_upstreams, activations=activations)  # fmt: skip
+        if isinstance(self.journal, MemoryJournal):
+            self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
+            self.journal.on_retired = self.hub.forget
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -183,9 +194,11 @@ class Gateway:
         return isinstance(activation, ClusteredConversation) and activation.is_leader
 
     async def start(self) -> None:
-        """Background duties of a running process (the Redis health probe in cluster mode)."""
+        """Background duties of a running process (Redis health probe, memory journal sweep)."""
         if self.redis is not None:
             self.spawn(self._watch_redis(), name="redis-health")
+        if isinstance(self.journal, MemoryJournal):  # expiry must not wait for someone to read
+            self.spawn(self.journal.run_sweeper(), name="journal-sweep")
 
     async def _watch_redis(self) -> None:
         assert self.redis is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -15,15 +16,17 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.ids import BadRequest, conversation_id, seq_cursor
-from gateway.limits import TokenBuckets
+from gateway.limits import TokenBuckets, limit_key
 from gateway.runtime import Gateway
 from gateway.trace import build_trace
+from gateway.transports.sse_endpoint import activation_refused_response
 from gateway.upstream.client import UpstreamUnavailable
+from gateway.upstream.clustered import ClusteredConversation
+from gateway.upstream.registry import Activation, ActivationRefused
 from gateway.upstream.supervisor import UpstreamState
 
 MAX_BODY = 1 << 20
 MAX_MESSAGE_CHARS = 100_000
-ATTACH_TIMEOUT_S = 5.0
 TURN_HOLD_S = 900.0
 MAX_PAGE = 1000
 
@@ -78,6 +81,11 @@ def _rate_limited(request: Request, principal: Principal) -> Response | None:
     )
 
 
+def _who(request: Request, principal: Principal) -> str:
+    auth: Authenticator = request.app.state.auth
+    return limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
+
+
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
     conv = conversation_id(str(body.get("conversationId", "")))
     message = body.get("message")
@@ -111,18 +119,26 @@ async def post_message(request: Request) -> Response:
     if (limited := _rate_limited(request, principal)) is not None:
         return limited
     key = key or str(uuid.uuid4())
-    upstream = gw.upstreams.hold(conv, "turn")
+    try:
+        upstream = gw.upstreams.hold(conv, "turn", who=_who(request, principal))
+    except ActivationRefused as refusal:
+        return activation_refused_response(refusal)
     released = False
     try:
-        # Attach before posting (HQ streaming guide) so the turn's first events are not missed.
-        try:
-            async with asyncio.timeout(ATTACH_TIMEOUT_S):
-                while not upstream.connected.is_set() and upstream.state is not UpstreamState.FAILED:
-                    await asyncio.wait_for(upstream.connected.wait(), 0.25)
-        except TimeoutError:
-            pass  # HQ replays from our cursor once the stream is up; submit anyway.
+        # Attach before posting (HQ streaming guide): HQ replays nothing to a fresh attach, so a turn
+        # posted before the stream is live loses its first events, or all of them.
+        attach_s = gw.settings.hq_attach_timeout_s
+        live = await _wait_live(upstream, attach_s)
         if upstream.state is UpstreamState.FAILED:
             return error(502, "upstream_refused", "HQ refused this conversation's stream")
+        if not live:
+            # Nothing was posted to HQ nor journaled: retrying (same idempotencyKey) is safe.
+            return JSONResponse(
+                {"error": "upstream_not_ready", "message": f"HQ's stream of this conversation was not live within "
+                 f"{attach_s:g} s; nothing was submitted, retry later"},
+                status_code=503,
+                headers={"Retry-After": str(max(1, math.ceil(attach_s)))},
+            )  # fmt: skip
         upstream.turn_ended.clear()
         first_time = gw.remember_submission(conv, key)
         if first_time:
@@ -157,6 +173,27 @@ async def post_message(request: Request) -> Response:
     finally:
         if not released:
             gw.upstreams.release(conv, "turn")
+
+
+async def _wait_live(upstream: Activation, timeout: float) -> bool:
+    """True once HQ's stream of the conversation is up; False when ``timeout`` passes or HQ refused it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        # Cluster mode: "connected" on a process that does not hold the lease only says someone does;
+        # the holder's stream must be up as well (HQ replays nothing to a fresh attach).
+        if upstream.connected.is_set() and (
+            not isinstance(upstream, ClusteredConversation) or await upstream.holder_live()
+        ):
+            return True
+        remaining = deadline - loop.time()
+        if upstream.state is UpstreamState.FAILED or remaining <= 0:
+            return False
+        if upstream.connected.is_set():
+            await asyncio.sleep(min(0.1, remaining))
+        else:  # polled: FAILED sets no event. The short timeout is caught here, not taken for the whole wait.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(upstream.connected.wait(), min(0.25, remaining))
 
 
 async def _hold_until_turn_ends(gw: Gateway, conv: str, ended: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -17,10 +18,12 @@ from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
 from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.limits import limit_key
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.transports.server import write_body_nowait_of
 from gateway.transports.services import ViewerServices
 from gateway.transports.sse_response import SseResponse
+from gateway.upstream.registry import ActivationRefused
 
 log = logging.getLogger("gateway.sse")
 
@@ -53,10 +56,25 @@ async def stream_endpoint(request: Request) -> Response:
     request_id = _request_id(request.headers.get("x-request-id"))
     hook.label = f"conversation={conv} request={request_id} client={client} subject={principal.subject}"
     hook.write_nowait = write_body_nowait_of(request.scope)
+    try:  # starting the conversation's upstream is bounded: refused before the stream begins
+        who = limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
+        gw.upstreams.hold(conv, who=who)
+    except ActivationRefused as refusal:
+        return activation_refused_response(refusal)
     frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
                      coalesce=coalesce)  # fmt: skip
     response = hook.response = SseResponse(frames, SSE_HEADERS)
+    gw.upstreams.release(conv)  # the stream's own interest holds it from its first frame on
     return response  # type: ignore[return-value]
+
+
+def activation_refused_response(refusal: ActivationRefused) -> JSONResponse:
+    """429 naming the limit, with Retry-After (SSE attach and REST submit)."""
+    return JSONResponse(
+        {"error": refusal.code, "message": refusal.message, "limit": refusal.setting},
+        status_code=429,
+        headers={"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))},
+    )
 
 
 class _AbortHook:

@@ -17,6 +17,7 @@ from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.limits import limit_key
 from gateway.protocols.stomp import (
     ConnectRequest,
     DisconnectRequest,
@@ -30,6 +31,7 @@ from gateway.protocols.stomp import (
 )
 from gateway.transports.pipe import ConnectionInfo, Pipe, SharedWirePipe
 from gateway.transports.services import ViewerServices
+from gateway.upstream.registry import ActivationRefused
 
 log = logging.getLogger("gateway.stomp")
 
@@ -180,7 +182,14 @@ class StompConnection:
         user = not principal.scope.full
         self._auth.audit_attach(principal, conv, self._info.transport, self._info.client)
         upstream_holder = self._gw.upstreams
-        upstream_holder.hold(conv)
+        try:
+            who = limit_key(self._auth.mode, principal.subject, self._info.client.rpartition(":")[0])
+            upstream_holder.hold(conv, who=who)
+        except ActivationRefused as refusal:
+            log.info("stomp subscribe refused session=%s conversation=%s: %s", self.session.session_id, conv,
+                     refusal.code)  # fmt: skip
+            self.session.reject(f"{refusal.code}: {refusal.message}", req.receipt)
+            return
         first: Envelope | None = None
         try:
             if snapshot is not None and since is None:
