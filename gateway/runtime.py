@@ -91,6 +91,7 @@ class Gateway:
         )
         self.sink = LocalSink(self.journal, self.hub, self.metrics)
         self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        self.metrics.conversations.set_function(self._active_conversations)
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -149,6 +150,10 @@ class Gateway:
             lease_ttl_ms=s.redis_lease_ttl_ms,
             make_upstream=upstream,
         )
+
+    def _active_conversations(self) -> int:
+        """hqgw_active_conversations: conversations whose upstream runs or lingers in this process."""
+        return sum(1 for state in self.upstreams.states().values() if state not in ("stopped", "failed"))
 
     def _leads(self, conversation_id: str) -> bool:
         """Cluster mode: whether this process holds the conversation's upstream lease."""

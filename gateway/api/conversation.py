@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import uuid
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
@@ -20,6 +21,8 @@ from gateway.runtime import Gateway
 from gateway.trace import build_trace
 from gateway.upstream.client import UpstreamUnavailable
 from gateway.upstream.supervisor import UpstreamState
+
+log = logging.getLogger("gateway.api")
 
 MAX_BODY = 1 << 20
 MAX_MESSAGE_CHARS = 100_000
@@ -79,7 +82,10 @@ def _rate_limited(request: Request, principal: Principal) -> Response | None:
 
 
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
-    conv = conversation_id(str(body.get("conversationId", "")))
+    if "conversationId" not in body:
+        hint = " (not conversation_id)" if "conversation_id" in body else ""
+        raise BadRequest(f"conversationId is missing{hint}: the conversation's UUID")
+    conv = conversation_id(str(body["conversationId"]))
     message = body.get("message")
     if not isinstance(message, str) or not message.strip():
         raise BadRequest("message must be a non-empty string")
@@ -98,7 +104,32 @@ def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | N
 
 
 async def post_message(request: Request) -> Response:
+    """Submit a turn; every answer counts once in hqgw_submissions_total{outcome}."""
     gw: Gateway = request.app.state.gateway
+    try:
+        response = await _submit(request, gw)
+    except ClientDisconnect:
+        # The caller hung up mid-body: nobody reads an answer, nothing was submitted.
+        log.info("submission abandoned: client disconnected before the body was complete")
+        gw.metrics.submissions.labels("client_gone").inc()
+        return Response(status_code=400)
+    gw.metrics.submissions.labels(_outcome(response)).inc()
+    return response
+
+
+def _outcome(response: Response) -> str:
+    """A bounded label: accepted / idempotent, or the error code the caller was given."""
+    try:
+        body = orjson.loads(bytes(response.body))
+    except orjson.JSONDecodeError:
+        return "other"
+    if response.status_code == 202:
+        return "idempotent" if body.get("idempotent") else "accepted"
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else "other"
+
+
+async def _submit(request: Request, gw: Gateway) -> Response:
     try:
         conv, message, params, key, attachments = _submission(await _json_body(request))
     except BadRequest as exc:
