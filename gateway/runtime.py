@@ -197,6 +197,7 @@ class Gateway:
                 "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
             },
         }
+        checks["hq"] = self.hq.state.readiness()
         if self.bridge is not None:
             checks["bridge"] = self.bridge.readiness()
         return checks
