@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import websockets
 
 from tests.clients import SseViewer, eventually
 from tests.integration.conftest import StartGateway
@@ -52,3 +53,24 @@ def test_readyz_names_a_refused_service_token(simulator: ServerProcess, start_ga
 def test_readyz_says_hq_ok_once_a_stream_is_up(simulator: ServerProcess, gateway: ServerProcess, conv: str) -> None:
     hq = _watch_until_hq(gateway, conv, "ok")
     assert hq["ok"] is True and hq["detail"]["lastError"] is None
+
+
+def test_a_stomp_header_with_an_escaped_newline_never_forges_a_log_line(gateway: ServerProcess, conv: str) -> None:
+    async def main() -> None:
+        async with websockets.connect(gateway.url.replace("http", "ws") + "/ws-convengine",
+                                      subprotocols=[websockets.Subprotocol("v12.stomp")]) as ws:  # fmt: skip
+            await ws.send("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00")
+            assert str(await ws.recv()).startswith("CONNECTED")
+            # STOMP 1.2 §Value Encoding: "\n" in a header value is a newline once decoded.
+            forged = "x\\nFORGED gateway.audit: attach subject=admin"
+            await ws.send(f"SUBSCRIBE\nid:{forged}\nack:auto\n"
+                          f"destination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00")  # fmt: skip
+            assert str(await ws.recv()).startswith("RECEIPT")
+
+    asyncio.run(main())
+    lines = gateway.log().splitlines()
+    subscribe = [line for line in lines if "stomp subscribe" in line and conv in line]
+    assert subscribe and "id=x\\x0aFORGED gateway.audit" in subscribe[-1]
+    assert not any(line.startswith("FORGED") for line in lines)
+    session = subscribe[-1].split("session=")[1].split()[0]
+    assert session != "***" and len(session) > 4  # STOMP session ids are not tokens: logged as they are
