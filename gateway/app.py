@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -77,6 +79,23 @@ class GatewayApp(Starlette):
         return super().__call__(scope, receive, send)
 
 
+ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method, missing file) answer JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = ERROR_CODES.get(exc.status_code, "http_error")
+    message = exc.detail
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such resource: {request.url.path[:200]}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"{request.method[:20]} is not allowed on {request.url.path[:200]}"
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     response = await stream_endpoint(Request(scope, receive))
     await response(scope, receive, send)
@@ -129,7 +148,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             return _sse_app
         return None
 
-    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams)
+    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams,
+                     exception_handlers={HTTPException: http_error})  # fmt: skip
     app.state.gateway = gw
     app.state.auth = auth
     app.state.submit_limiter = TokenBuckets(settings.submit_rate_per_s, settings.submit_burst)

@@ -206,13 +206,12 @@ async def audit(request: Request) -> Response:
     try:
         conv = conversation_id(request.path_params["conversationId"])
         after = seq_cursor(request.query_params.get("after"), "after") or 0
-        limit = seq_cursor(request.query_params.get("limit"), "limit") or 100
+        limit = _page_limit(request.query_params.get("limit"))
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
     principal = await authorized(request, conv)
     if isinstance(principal, Response):
         return principal
-    limit = max(1, min(limit, MAX_PAGE))
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, after, limit)
     last = envs[-1].seq if envs else after
@@ -224,6 +223,16 @@ async def audit(request: Request) -> Response:
         b",".join(_visible_bodies(envs, principal)),
     )
     return Response(body, media_type="application/json")
+
+
+def _page_limit(raw: str | None) -> int:
+    """``?limit=``: how many envelopes per page, 1 to MAX_PAGE (default 100)."""
+    if raw is None:
+        return 100
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {raw[:40]!r}")
+    return int(text)
 
 
 async def _reader_of_path_conversation(request: Request) -> tuple[str, Principal] | Response:
