@@ -18,6 +18,7 @@ from gateway.api import bridge, conversation, health
 from gateway.api.console import console_routes
 from gateway.api.cors import ApiCors
 from gateway.auth import Authenticator
+from gateway.clientaddr import ClientAddress, ForwardedClient, parse_trusted
 from gateway.config import Settings
 from gateway.limits import ClientConnectionLimit, TokenBuckets, refusals_counter
 from gateway.metrics import metrics_endpoint
@@ -138,7 +139,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
 
     def guards(inner: ASGIApp) -> ASGIApp:
         limited = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
-        return ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        limit = ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        return ForwardedClient(limit, ClientAddress(parse_trusted(settings.trusted_proxies)))
 
     def streams(scope: Scope) -> ASGIApp | None:
         if scope["type"] == "websocket":

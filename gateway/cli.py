@@ -81,6 +81,7 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settin
         timeout_graceful_shutdown=5,
         ws=AbortableWebSocketProtocol,
         access_log=False,
+        proxy_headers=False,  # forwarded headers are honoured by gateway.clientaddr, from trusted proxies only
         **limits,
     )
 
