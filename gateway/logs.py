@@ -34,7 +34,7 @@ class _ScrubFilter(logging.Filter):
     """Last line of defence: no token shape survives into a log record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = one_line(scrub(record.getMessage()))
+        record.msg = one_line(scrub(record.getMessage()).rstrip("\r\n"))
         record.args = None
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text: the traceback (exception messages included) is scrubbed too.
