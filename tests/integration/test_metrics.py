@@ -175,6 +175,31 @@ async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws
     return ws, task
 
 
+async def _xhr_streaming_viewer(url: str, conv: str, frames: list[str]) -> Any:
+    """A STOMP viewer over SockJS xhr-streaming (no direct-write path: every batch goes through a task)."""
+    base = f"{url}/ws-convengine/000/xhrstream/"
+    client = httpx.AsyncClient(timeout=10)
+    opened = asyncio.Event()
+
+    async def read() -> None:
+        async with client.stream("POST", base + "xhr_streaming") as response:
+            async for line in response.aiter_lines():
+                if line == "o":
+                    opened.set()
+                elif line.startswith("a"):
+                    for text in json.loads(line[1:]):
+                        frames.append("RECEIPT" if text.startswith("RECEIPT") else text)
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(opened.wait(), 5)
+    connect = "CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00"
+    subscribe = f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00"
+    assert (await client.post(base + "xhr_send", content=json.dumps([connect, subscribe]))).status_code == 204
+    await eventually(lambda: "RECEIPT" in frames, 5, "RECEIPT")
+    frames[:] = [f for f in frames if f.startswith("MESSAGE")]
+    return client, task
+
+
 def test_every_transport_observes_each_live_envelope_once(
     simulator: ServerProcess, start_gateway: StartGateway, conv: str
 ) -> None:
@@ -191,18 +216,21 @@ def test_every_transport_observes_each_live_envelope_once(
         sockjs_frames: list[str] = []
         raw = await _stomp_viewer(gw.url, conv, raw_frames)
         sockjs = await _stomp_viewer(gw.url, conv, sockjs_frames, "/ws-convengine/000/abcdef/websocket")
+        xhr_frames: list[str] = []
+        xhr_client, xhr_task = await _xhr_streaming_viewer(gw.url, conv, xhr_frames)
+        stomp_got = lambda k: len(raw_frames) == len(sockjs_frames) == len(xhr_frames) == k  # noqa: E731
         await eventually(lambda: scrape(gw).get("hqgw_upstream_connected") == 1, 5, "upstream connected")
         assert submit(gw, conv, "count me [deltas=5] [tools=1]").status_code == 202
         for v in sse:
             await v.wait_for_stage("ENGINE_RETURN")
         n = len(sse[0].events)
-        await eventually(lambda: len(raw_frames) == n and len(sockjs_frames) == n, 5, "STOMP viewers got the turn")
+        await eventually(lambda: stomp_got(n), 5, "STOMP viewers got the turn")
         # A second, separate turn: viewers are idle in between, so it goes out on the direct path.
         assert submit(gw, conv, "again [deltas=3]").status_code == 202
         for v in sse:
             await v.wait_for_stage("ENGINE_RETURN", count=2)
         n = len(sse[0].events)
-        await eventually(lambda: len(raw_frames) == n and len(sockjs_frames) == n, 5, "STOMP viewers got turn 2")
+        await eventually(lambda: stomp_got(n), 5, "STOMP viewers got turn 2")
         # Outcomes other than accepted are counted too.
         bad = httpx.post(f"{gw.url}/api/v1/conversation/message", json={"conversationId": "nope", "message": "x"})
         assert bad.status_code == 400
@@ -211,12 +239,13 @@ def test_every_transport_observes_each_live_envelope_once(
         def delta(name: str) -> float:
             return after.get(name, 0.0) - before.get(name, 0.0)
 
-        for transport in ("sse", "websocket", "sockjs-websocket"):
+        for transport in ("sse", "websocket", "sockjs-websocket", "xhr-streaming"):
             assert delta(f'hqgw_fanout_latency_seconds_count{{transport="{transport}"}}') == n, transport
             assert delta(f'hqgw_fanout_latency_seconds_bucket{{le="1.0",transport="{transport}"}}') == n, transport
         assert delta('hqgw_envelopes_delivered_total{transport="sse"}') == 2 * n
         assert delta('hqgw_envelopes_delivered_total{transport="websocket"}') == n
         assert delta('hqgw_envelopes_delivered_total{transport="sockjs-websocket"}') == n
+        assert delta('hqgw_envelopes_delivered_total{transport="xhr-streaming"}') == n
         assert delta('hqgw_submissions_total{outcome="accepted"}') == 2
         assert delta('hqgw_submissions_total{outcome="bad_request"}') == 1
         assert after["hqgw_active_conversations"] == 1
@@ -235,6 +264,8 @@ def test_every_transport_observes_each_live_envelope_once(
         for ws, task in (raw, sockjs):
             await ws.close()
             task.cancel()
+        xhr_task.cancel()
+        await xhr_client.aclose()
         # Everyone left: after the linger (1 s) the upstream closes and both gauges say so.
         await eventually_metric(gw, "hqgw_upstream_connected", 0)
         await eventually_metric(gw, "hqgw_active_conversations", 0)
