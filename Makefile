@@ -35,8 +35,9 @@ test-latest: $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	.venv-latest/bin/python -m pip freeze --exclude hq-gateway | diff $(LOCK) - | grep '^[<>]' || echo "newest releases = the lock"
 	.venv-latest/bin/python -m pytest -q
 
+# make demo PORT=8081 SIM_PORT=8091: other ports for the gateway (default 8080) and the simulator (8090).
 demo: $(STAMP) vendor
-	$(BIN)/hq-gateway demo
+	$(BIN)/hq-gateway demo $(if $(PORT),--port $(PORT)) $(if $(SIM_PORT),--simulator-port $(SIM_PORT))
 
 # The docker-compose.yml topology from local binaries (redis-server, RabbitMQ, simulator, 2 gateways).
 stack: $(STAMP) vendor

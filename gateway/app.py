@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,6 +18,7 @@ from gateway.api import bridge, conversation, health
 from gateway.api.console import console_routes
 from gateway.api.cors import ApiCors
 from gateway.auth import Authenticator
+from gateway.clientaddr import ClientAddress, ForwardedClient, parse_trusted
 from gateway.config import Settings
 from gateway.limits import ClientConnectionLimit, TokenBuckets, refusals_counter
 from gateway.metrics import metrics_endpoint
@@ -78,6 +81,23 @@ class GatewayApp(Starlette):
         return super().__call__(scope, receive, send)
 
 
+ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method, missing file) answer JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = ERROR_CODES.get(exc.status_code, "http_error")
+    message = exc.detail
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such resource: {request.url.path[:200]}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"{request.method[:20]} is not allowed on {request.url.path[:200]}"
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     response = await stream_endpoint(Request(scope, receive))
     await response(scope, receive, send)
@@ -124,7 +144,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         limited: ASGIApp = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
         if not hooks.active:  # otherwise the HTTP protocol hook bounds heads as they arrive
             limited = RequestHeadLimit(limited, settings.max_header_bytes)
-        return ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        limit = ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        return ForwardedClient(limit, ClientAddress(parse_trusted(settings.trusted_proxies)))
 
     def streams(scope: Scope) -> ASGIApp | None:
         if scope["type"] == "websocket":
@@ -134,7 +155,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             return _sse_app
         return None
 
-    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams)
+    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams,
+                     exception_handlers={HTTPException: http_error})  # fmt: skip
     app.state.gateway = gw
     app.state.server_hooks = hooks
     for hook in HOOKS:

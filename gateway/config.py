@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.bridge.target import parse_broker_url, parse_pin_policy
+from gateway.clientaddr import parse_trusted
 from gateway.errors import ConfigError
 
 _Check = Callable[[Any], str | None]
@@ -89,6 +90,14 @@ def _broker_url(v: Any) -> str | None:
     return None
 
 
+def _proxies(v: Any) -> str | None:
+    try:
+        parse_trusted(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _pin_list(v: Any) -> str | None:
     try:
         parse_pin_policy(v)
@@ -106,6 +115,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("socket_sndbuf_bytes", "server", "socket_sndbuf_bytes", int, 131072, _range(0, 64 << 20)),
     Setting("websocket_compression", "server", "websocket_compression", bool, False),
     Setting("server_hooks", "server", "server_hooks", str, "on", _one_of("on", "off")),
+    Setting("trusted_proxies", "server", "trusted_proxies", str, "", _proxies),
     Setting("hq_base_url", "hq", "base_url", str, "http://127.0.0.1:8090", _url("http", "https")),
     Setting("hq_token", "hq", "token", str, "hq_pat_simulator"),
     Setting("hq_connect_timeout_s", "hq", "connect_timeout_s", float, 5.0, _range(0.1, 120)),
@@ -197,6 +207,7 @@ class Settings:
     socket_sndbuf_bytes: int = 131072
     websocket_compression: bool = False
     server_hooks: str = "on"
+    trusted_proxies: str = ""
     hq_base_url: str = "http://127.0.0.1:8090"
     hq_token: str = field(default="hq_pat_simulator", repr=False)
     hq_connect_timeout_s: float = 5.0

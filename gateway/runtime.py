@@ -121,6 +121,7 @@ class Gateway:
         if isinstance(self.journal, MemoryJournal):
             self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
             self.journal.on_retired = self.hub.forget
+        self.metrics.conversations.set_function(self._active_conversations)
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -188,6 +189,10 @@ class Gateway:
         self.data_loss = (time.monotonic(), detail)
         self.metrics.redis_data_loss.inc()
 
+    def _active_conversations(self) -> int:
+        """hqgw_active_conversations: conversations whose upstream runs or lingers in this process."""
+        return sum(1 for state in self.upstreams.states().values() if state not in ("stopped", "failed"))
+
     def _leads(self, conversation_id: str) -> bool:
         """Cluster mode: whether this process holds the conversation's upstream lease."""
         activation = self.upstreams.get(conversation_id)
@@ -244,6 +249,7 @@ class Gateway:
                 "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
             },
         }
+        checks["hq"] = self.hq.state.readiness()
         if self.bridge is not None:
             checks["bridge"] = self.bridge.readiness()
         return checks

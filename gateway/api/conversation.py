@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
@@ -24,6 +25,8 @@ from gateway.upstream.client import UpstreamUnavailable
 from gateway.upstream.clustered import ClusteredConversation
 from gateway.upstream.registry import Activation, ActivationRefused
 from gateway.upstream.supervisor import UpstreamState
+
+log = logging.getLogger("gateway.api")
 
 MAX_BODY = 1 << 20
 MAX_MESSAGE_CHARS = 100_000
@@ -87,7 +90,10 @@ def _who(request: Request, principal: Principal) -> str:
 
 
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
-    conv = conversation_id(str(body.get("conversationId", "")))
+    if "conversationId" not in body:
+        hint = " (not conversation_id)" if "conversation_id" in body else ""
+        raise BadRequest(f"conversationId is missing{hint}: the conversation's UUID")
+    conv = conversation_id(str(body["conversationId"]))
     message = body.get("message")
     if not isinstance(message, str) or not message.strip():
         raise BadRequest("message must be a non-empty string")
@@ -106,7 +112,32 @@ def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | N
 
 
 async def post_message(request: Request) -> Response:
+    """Submit a turn; every answer counts once in hqgw_submissions_total{outcome}."""
     gw: Gateway = request.app.state.gateway
+    try:
+        response = await _submit(request, gw)
+    except ClientDisconnect:
+        # The caller hung up mid-body: nobody reads an answer, nothing was submitted.
+        log.info("submission abandoned: client disconnected before the body was complete")
+        gw.metrics.submissions.labels("client_gone").inc()
+        return Response(status_code=400)
+    gw.metrics.submissions.labels(_outcome(response)).inc()
+    return response
+
+
+def _outcome(response: Response) -> str:
+    """A bounded label: accepted / idempotent, or the error code the caller was given."""
+    try:
+        body = orjson.loads(bytes(response.body))
+    except orjson.JSONDecodeError:
+        return "other"
+    if response.status_code == 202:
+        return "idempotent" if body.get("idempotent") else "accepted"
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else "other"
+
+
+async def _submit(request: Request, gw: Gateway) -> Response:
     try:
         conv, message, params, key, attachments = _submission(await _json_body(request))
     except BadRequest as exc:
@@ -212,13 +243,12 @@ async def audit(request: Request) -> Response:
     try:
         conv = conversation_id(request.path_params["conversationId"])
         after = seq_cursor(request.query_params.get("after"), "after") or 0
-        limit = seq_cursor(request.query_params.get("limit"), "limit") or 100
+        limit = _page_limit(request.query_params.get("limit"))
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
     principal = await authorized(request, conv)
     if isinstance(principal, Response):
         return principal
-    limit = max(1, min(limit, MAX_PAGE))
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, after, limit)
     last = envs[-1].seq if envs else after
@@ -230,6 +260,16 @@ async def audit(request: Request) -> Response:
         b",".join(_visible_bodies(envs, principal)),
     )
     return Response(body, media_type="application/json")
+
+
+def _page_limit(raw: str | None) -> int:
+    """``?limit=``: how many envelopes per page, 1 to MAX_PAGE (default 100)."""
+    if raw is None:
+        return 100
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {raw[:40]!r}")
+    return int(text)
 
 
 async def _reader_of_path_conversation(request: Request) -> tuple[str, Principal] | Response:

@@ -16,9 +16,10 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
-from gateway.hub import SubscriberStale
+from gateway.hub import Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.limits import limit_key
+from gateway.metrics import LiveLatency
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.transports.server import write_body_nowait_of
 from gateway.transports.services import ViewerServices
@@ -95,10 +96,12 @@ class _AbortHook:
 class _DirectSse:
     """The SSE fan-out fast path: an idle viewer's frame is written from publish, no task wake-up."""
 
-    __slots__ = ("delivered", "user", "write")
+    __slots__ = ("delivered", "live", "sub", "user", "write")
 
-    def __init__(self, write: Callable[[bytes], bool], user: bool, delivered: Counter) -> None:
-        self.write, self.user, self.delivered = write, user, delivered
+    def __init__(
+        self, write: Callable[[bytes], bool], user: bool, delivered: Counter, live: LiveLatency, sub: Subscriber
+    ) -> None:
+        self.write, self.user, self.delivered, self.live, self.sub = write, user, delivered, live, sub
 
     def __call__(self, env: Envelope) -> bool:
         if self.user:
@@ -110,6 +113,7 @@ class _DirectSse:
         if not self.write(frame):
             return False
         self.delivered.inc()
+        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, (env,))
         return True
 
     def batch(self, envs: list[Envelope]) -> bool:
@@ -117,7 +121,8 @@ class _DirectSse:
         data = _render(envs, self.user)
         if data and not self.write(data):
             return False
-        self.delivered.inc(len(envs))
+        self.delivered.inc(_shown(envs, self.user))
+        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, envs)
         return True
 
 
@@ -132,6 +137,11 @@ def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
     if raw is not None and raw not in allowed:
         raise BadRequest(f"{name} must be one of {', '.join(allowed)}")
     return raw
+
+
+def _shown(batch: list[Envelope], user: bool) -> int:
+    """How many of the batch this viewer is shown (what hqgw_envelopes_delivered_total counts, as STOMP does)."""
+    return sum(1 for env in batch if not env.hidden_from_user) if user else len(batch)
 
 
 def _render(batch: list[Envelope], user: bool) -> bytes:
@@ -155,7 +165,7 @@ async def _frames(
     user = not principal.scope.full
     expires_at = principal.expires_at
     metrics = gw.metrics
-    delivered, latency = metrics.delivered.labels("sse"), metrics.fanout_latency.labels("sse")
+    delivered, live = metrics.delivered.labels("sse"), metrics.live_latency("sse")
     async with gw.upstreams.interest(conv):
         first: bytes = b""
         try:
@@ -184,7 +194,7 @@ async def _frames(
             if first:
                 yield first
             if hook.write_nowait is not None:
-                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered)
+                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered, live, sub)
                 sub.direct_batch = direct.batch
             while True:
                 timeout = keepalive
@@ -217,8 +227,8 @@ async def _frames(
                     chunk = _render(batch, user)
                     if chunk:
                         yield chunk
-                    delivered.inc(len(batch))
-                    latency.observe(time.time() - batch[-1].created_ms / 1000)
+                    delivered.inc(_shown(batch, user))
+                    live.written(conv, sub.catch_up_to, batch)
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:

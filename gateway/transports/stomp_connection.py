@@ -243,7 +243,7 @@ class StompConnection:
         destination = destination_of(entry.conversation)
         session = self.session
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
-        latency = self._gw.metrics.fanout_latency.labels(self._info.transport)
+        live = self._gw.metrics.live_latency(self._info.transport)
         subscriber = entry.subscriber
         try:
             while True:
@@ -269,7 +269,7 @@ class StompConnection:
                 if frames:
                     await self._write([f.decode() for f in frames])
                     delivered.inc(len(frames))
-                    latency.observe(time.time() - batch[-1].created_ms / 1000)
+                    live.written(entry.conversation, subscriber.catch_up_to, batch)
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:
@@ -394,6 +394,8 @@ class StompConnection:
             return None
         session, user = self.session, entry.user
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
+        live, subscriber = self._gw.metrics.live_latency(self._info.transport), entry.subscriber
+        conv = entry.conversation
         wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
         if wired is not None and isinstance(pipe, SharedWirePipe) and session.subscribed(sub_id):
             wire_format, encode = wired
@@ -414,6 +416,7 @@ class StompConnection:
                     return False
                 self._last_out = time.monotonic()
                 delivered.inc()
+                live.written(conv, subscriber.catch_up_to, (env,))
                 return True
 
             def direct_batch(envs: list[Envelope]) -> bool:
@@ -427,6 +430,8 @@ class StompConnection:
                     return False
                 self._last_out = time.monotonic()
                 delivered.inc(shared.batch_count)
+                if shared.batch_count:
+                    live.written(conv, subscriber.catch_up_to, envs)
                 return True
 
             entry.subscriber.direct_batch = direct_batch
@@ -445,6 +450,7 @@ class StompConnection:
                 return False
             self._last_out = time.monotonic()
             delivered.inc()
+            live.written(conv, subscriber.catch_up_to, (env,))
             return True
 
         return direct

@@ -16,6 +16,7 @@ from gateway.backoff import Backoff as Backoff  # re-exported: its old home
 from gateway.envelope import HqEvent
 from gateway.errors import UpstreamFatal
 from gateway.errors import UpstreamUnavailable as UpstreamUnavailable  # re-exported: its old home
+from gateway.hqstate import HqState
 
 # Statuses that retrying cannot fix: stop and tell the viewers (DESIGN: upstream).
 FATAL_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "conversation not found"}
@@ -144,6 +145,7 @@ class HqClient:
 
     def __init__(self, base_url: str, token: str, connect_timeout_s: float, idle_timeout_s: float) -> None:
         self._token = token
+        self.state = HqState()  # what the service token last met at HQ (for /readyz)
         base_url = base_url.rstrip("/")
         # The read timeout is the dead-stream watchdog: any byte (keepalive comments too) resets it.
         timeout = httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s, write=10.0, pool=10.0)
@@ -185,6 +187,7 @@ class HqClient:
             async with pool[0].stream("GET", url, headers=headers, params=params) as response:
                 watchdog.reading = False
                 watchdog.last = asyncio.get_running_loop().time()
+                self.state.answered(response.status_code)
                 if response.status_code in FATAL_STATUSES:
                     raise UpstreamFatal(response.status_code, FATAL_STATUSES[response.status_code])
                 if response.status_code != 200:
@@ -198,8 +201,10 @@ class HqClient:
                 raise UpstreamUnavailable(f"no bytes from HQ in {self._idle_timeout_s:g}s") from None
             raise
         except httpx.TimeoutException as exc:
+            self.state.failed(f"no bytes from HQ in time ({type(exc).__name__})")
             raise UpstreamUnavailable(f"no bytes from HQ in time ({type(exc).__name__})") from None
         except (httpx.TransportError, SSEError) as exc:
+            self.state.failed(f"{type(exc).__name__}: {exc}")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
         finally:
             watchdog.stop()
@@ -222,7 +227,11 @@ class HqClient:
             async with self._requests:
                 response = await self._http.request(method, url, headers=headers, **kw)
         except httpx.HTTPError as exc:
+            if token is None:
+                self.state.failed(f"{type(exc).__name__}: {exc}")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if token is None:  # a viewer's own credential (auth mode hq) says nothing about the service token
+            self.state.answered(response.status_code)
         try:
             body = response.json()
         except ValueError:

@@ -130,6 +130,9 @@ class ConversationUpstream:
                     down_since = time.monotonic()
                     await self.originate("gateway.upstream_error", {
                         "message": f"upstream unavailable: {reason}", "recoverable": True})  # fmt: skip
+            except BaseException:  # cancelled (linger, shutdown, lost lease) or crashed: not connected any more
+                self._disconnected()
+                raise
             self._disconnected()
             self.state = UpstreamState.BACKOFF
             self.reconnects += 1
