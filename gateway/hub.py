@@ -346,3 +346,10 @@ class Hub:
         for subs in self._topics.values():
             for sub in subs:
                 sub.fail(reason)
+
+    def end_conversation(self, conversation_id: str, reason: str) -> int:
+        """Cut loose every local subscriber of one conversation, each told ``reason``; how many there were."""
+        subs = [sub for sub in self._topics.get(conversation_id, ()) if sub.failure is None]
+        for sub in subs:
+            sub.fail(reason)
+        return len(subs)

@@ -16,6 +16,7 @@ from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.presence import DISCONNECTED_BY_ADMIN
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.runtime import Gateway
 from gateway.transports.server import write_body_nowait_of
@@ -128,6 +129,12 @@ def _expired(resume_from: int) -> bytes:
     return encode_event(orjson.dumps(data), event="error")
 
 
+def _disconnected_by_admin(resume_from: int) -> bytes:
+    data = {"error": DISCONNECTED_BY_ADMIN, "message": "an operator ended this conversation's viewers; reconnect "
+            "later with Last-Event-ID", "resumeFrom": resume_from}  # fmt: skip
+    return encode_event(orjson.dumps(data), event="error")
+
+
 async def _frames(
     gw: Gateway, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
     coalesce: bool,
@@ -146,6 +153,7 @@ async def _frames(
             sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
         sub.on_fail = hook
         metrics.viewers.labels("sse").inc()
+        seen = gw.presence.attach(conv, "sse", principal.subject)
         log.info("sse attach %s since=%s snapshot=%s cursor=%d", hook.label, since, snapshot, sub.cursor)
         outcome = "client gone"
         if since is not None:
@@ -176,6 +184,8 @@ async def _frames(
                     metrics.disconnects.labels(exc.reason).inc()
                     if exc.reason == "shutdown":
                         yield encode_comment("server shutting down; reconnect with Last-Event-ID")
+                    elif exc.reason == DISCONNECTED_BY_ADMIN:
+                        yield _disconnected_by_admin(exc.cursor)
                     else:
                         data = {"reason": exc.reason, "resumeFrom": exc.cursor}
                         yield encode_event(orjson.dumps(data), event="stale")
@@ -194,4 +204,5 @@ async def _frames(
                 outcome = f"cut loose mid-write: {hook.aborted_reason}"
             log.info("sse detach %s cursor=%d (%s)", hook.label, sub.cursor, outcome)
             metrics.viewers.labels("sse").dec()
+            gw.presence.detach(seen)
             gw.hub.unsubscribe(sub)
