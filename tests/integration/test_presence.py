@@ -42,6 +42,7 @@ class StompViewer:
     base_url: str
     conversation_id: str
     passcode: str | None = None
+    sockjs: bool = False  # through SockJS's websocket transport (frames in o / a[...] / c[...])
     frames: list[str] = field(default_factory=list)
     close_code: int | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,23 +57,39 @@ class StompViewer:
 
     async def _run(self, ready: asyncio.Event) -> None:
         url = self.base_url.replace("http://", "ws://") + "/ws-convengine"
+        if self.sockjs:
+            url += f"/000/{uuid.uuid4().hex[:8]}/websocket"
         auth = f"passcode:{self.passcode}\n" if self.passcode else ""
+        destination = f"/topic/convengine/audit/{self.conversation_id}"
+        frames = [f"CONNECT\naccept-version:1.2\nhost:x\nheart-beat:0,0\n{auth}\n\x00",
+                  f"SUBSCRIBE\nid:0\ndestination:{destination}\nreceipt:r0\n\n\x00"]  # fmt: skip
         try:
-            async with websockets.connect(url, subprotocols=["v12.stomp"]) as ws:  # type: ignore[list-item]
-                await ws.send(f"CONNECT\naccept-version:1.2\nhost:x\nheart-beat:0,0\n{auth}\n\x00")
-                await ws.send(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{self.conversation_id}\n"
-                              "receipt:r0\n\n\x00")  # fmt: skip
+            async with websockets.connect(url, subprotocols=None if self.sockjs else ["v12.stomp"]) as ws:  # type: ignore[list-item]
+                for frame in frames:
+                    await ws.send(json.dumps([frame]) if self.sockjs else frame)
                 try:
                     async for message in ws:
-                        self.frames += [f for f in str(message).split("\x00") if f.strip("\n")]
+                        for text in self._unwrap(str(message)):
+                            self.frames += [f for f in text.split("\x00") if f.strip("\n")]
                         if any(f.startswith(("RECEIPT", "ERROR")) for f in self.frames):
                             ready.set()
                 except websockets.ConnectionClosed:
                     pass
-                self.close_code = ws.close_code
+                if self.close_code is None:
+                    self.close_code = ws.close_code
         finally:
             ready.set()
             self.closed.set()
+
+    def _unwrap(self, message: str) -> list[str]:
+        """STOMP text of one WebSocket message (SockJS: the a[...] array; its c[code, reason] is the close)."""
+        if not self.sockjs:
+            return [message]
+        if message.startswith("a"):
+            return [str(m) for m in json.loads(message[1:])]
+        if message.startswith("c"):
+            self.close_code = int(json.loads(message[1:])[0])
+        return []
 
     @property
     def seqs(self) -> list[int]:
@@ -156,13 +173,16 @@ def test_memory_mode_presence_admin_list_and_disconnect(gateway: ServerProcess, 
         sse = [SseViewer(gateway.url, conv).start() for _ in range(2)]
         for v in sse:
             await v.wait_connected()
-        stomp = [await StompViewer(gateway.url, conv).start()]
-        expected = {"sse": 2, "websocket": 1}
+        stomp = [
+            await StompViewer(gateway.url, conv).start(),
+            await StompViewer(gateway.url, conv, sockjs=True).start(),
+        ]
+        expected = {"sse": 2, "sockjs-websocket": 1, "websocket": 1}
         await eventually(lambda: presence(gateway, conv).json()["byTransport"] == expected, 5, "presence")
         body = presence(gateway, conv).json()
-        assert body["conversationId"] == conv and body["viewers"] == 3
+        assert body["conversationId"] == conv and body["viewers"] == 4
         # Auth mode none: subjects are listed (everyone is "anonymous" there).
-        assert sorted(s["transport"] for s in body["subjects"]) == ["sse", "sse", "websocket"]
+        assert sorted(s["transport"] for s in body["subjects"]) == ["sockjs-websocket", "sse", "sse", "websocket"]
         assert all(s["subject"] == "anonymous" and ISO.match(s["since"]) for s in body["subjects"])
         nobody = presence(gateway, str(uuid.uuid4())).json()
         assert nobody["viewers"] == 0 and nobody["byTransport"] == {} and nobody["subjects"] == []
@@ -170,10 +190,11 @@ def test_memory_mode_presence_admin_list_and_disconnect(gateway: ServerProcess, 
         assert submit(gateway, conv, "presence turn [deltas=8]").status_code == 202
         for v in sse:
             await v.wait_for_stage("ENGINE_RETURN")
-        await eventually(lambda: len(stomp[0].seqs) == len(sse[0].seqs), 5, "stomp viewer caught up")
+        for s in stomp:
+            await eventually(lambda s=s: len(s.seqs) == len(sse[0].seqs), 5, "stomp viewers caught up")
         assert_dense(sse[0].seqs)
         row = await eventually(lambda: admin_row(gateway, conv), 5, "conversation in the admin list")
-        assert row["viewers"] == 3 and row["byTransport"] == expected
+        assert row["viewers"] == 4 and row["byTransport"] == expected
         upstream = row["upstream"]
         assert upstream["state"] == "live" and upstream["holder"] and upstream["reconnects"] == 0
         assert 0 <= upstream["lastEventAgeMs"] < 10_000 and ISO.match(upstream["connectedSince"])
@@ -182,12 +203,13 @@ def test_memory_mode_presence_admin_list_and_disconnect(gateway: ServerProcess, 
         assert isinstance(row["turn"]["ttftMs"], int) and 0 <= row["turn"]["ttftMs"] < 5000
         await eventually(lambda: metric(gateway, "hqgw_presence_viewers", transport="sse") >= 2, 5, "metrics")
 
-        assert disconnect(gateway, conv).json() == {"disconnected": 3}
+        assert disconnect(gateway, conv).json() == {"disconnected": 4}
         for v in [*sse, *stomp]:
             await asyncio.wait_for(v.closed.wait(), 5)
         assert_told_by_admin(sse, stomp)
         await eventually(lambda: presence(gateway, conv).json()["viewers"] == 0, 5, "presence emptied")
-        assert metric(gateway, "hqgw_viewer_disconnects_total", reason="disconnected_by_admin") >= 3
+        assert metric(gateway, "hqgw_viewer_disconnects_total", reason="disconnected_by_admin") >= 4
+        assert stomp[0].close_code == stomp[1].close_code == 1008  # ERROR, then the close (SockJS: c[1008, …])
         for v in sse:
             await v.stop()
 
