@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -34,7 +35,8 @@ log = logging.getLogger("gateway.presence")
 REDIS_TROUBLE = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 DISCONNECTED_BY_ADMIN = "disconnected_by_admin"
-DEBOUNCE_S = 0.05  # a burst of joins (a page of viewers reconnecting) is written once
+DEBOUNCE_S = 0.05  # a burst of joins (a page of viewers reconnecting) is written once, and at most
+DEBOUNCE_INTERVALS = 0.25  # one write per quarter interval: a hot conversation's churn costs Redis little
 TOTALS_EVERY = 5  # heartbeats between two refreshes of the cluster-wide totals in /metrics
 
 # A process's entry for one conversation: {"t": {transport: n}, "s": [[subject, transport, since_ms], ...],
@@ -95,41 +97,53 @@ def merge_presence(conversation_id: str, entries: Iterable[Entry]) -> Conversati
 
 
 class LocalPresence:
-    """This process's viewers by conversation, and which conversations changed since the last flush."""
+    """This process's viewers by conversation, and which conversations changed since the last flush.
+
+    Counts are kept as viewers come and go, so publishing a conversation costs O(transports) plus at
+    most ``max_subjects`` subjects, however many watch it.
+    """
 
     def __init__(self, max_subjects: int) -> None:
         self._max_subjects = max_subjects
         self._by_conversation: dict[str, set[Viewer]] = {}
+        self._counts: dict[str, dict[str, int]] = {}
         self.dirty: set[str] = set()
 
     def attach(self, conversation_id: str, transport: str, subject: str) -> Viewer:
         viewer = Viewer(conversation_id, transport, subject)
         self._by_conversation.setdefault(conversation_id, set()).add(viewer)
+        counts = self._counts.setdefault(conversation_id, {})
+        counts[transport] = counts.get(transport, 0) + 1
         self.dirty.add(conversation_id)
         return viewer
 
     def detach(self, viewer: Viewer) -> None:
-        viewers = self._by_conversation.get(viewer.conversation_id)
+        conv = viewer.conversation_id
+        viewers = self._by_conversation.get(conv)
         if viewers is None or viewer not in viewers:
             return
         viewers.discard(viewer)
+        counts = self._counts[conv]
+        counts[viewer.transport] -= 1
+        if not counts[viewer.transport]:
+            del counts[viewer.transport]
         if not viewers:
-            del self._by_conversation[viewer.conversation_id]
-        self.dirty.add(viewer.conversation_id)
+            del self._by_conversation[conv], self._counts[conv]
+        self.dirty.add(conv)
 
     def conversations(self) -> list[str]:
         return list(self._by_conversation)
+
+    def counts(self, conversation_id: str) -> dict[str, int]:
+        return dict(self._counts.get(conversation_id, {}))
 
     def entry(self, conversation_id: str) -> Entry | None:
         """What this process publishes for one conversation; None without local viewers."""
         viewers = self._by_conversation.get(conversation_id)
         if not viewers:
             return None
-        counts: dict[str, int] = {}
-        for v in viewers:
-            counts[v.transport] = counts.get(v.transport, 0) + 1
-        subjects = [[v.subject, v.transport, v.since_ms] for v in viewers][: self._max_subjects]
-        return {"t": counts, "s": subjects}
+        subjects = [[v.subject, v.transport, v.since_ms] for v in islice(viewers, self._max_subjects)]
+        return {"t": self.counts(conversation_id), "s": subjects}
 
 
 def upstream_health(activation: Activation, instance: str) -> Entry:
@@ -161,9 +175,7 @@ def local_snapshot(local: LocalPresence, upstreams: UpstreamRegistry, instance: 
     """Every conversation this process has viewers of or an upstream for, with what it knows."""
     snapshot: dict[str, Entry] = {}
     for conv in local.conversations():
-        entry = local.entry(conv)
-        if entry is not None:
-            snapshot[conv] = {"t": entry["t"]}
+        snapshot[conv] = {"t": local.counts(conv)}
     for conv in upstreams.states():
         activation = upstreams.get(conv)
         if activation is not None:
@@ -282,12 +294,15 @@ class Presence:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(self._interval_s):
                         await self._changed.wait()
-                        await asyncio.sleep(DEBOUNCE_S)
+                        await asyncio.sleep(max(DEBOUNCE_S, DEBOUNCE_INTERVALS * self._interval_s))
                 self._changed.clear()
                 if self.store is None:
                     self.metrics.update(merge_snapshots([self.snapshot()]), 1)
                     continue
-                await self.store.publish(self.local, self.snapshot)
+                try:
+                    await self.store.publish(self.local, self.snapshot)
+                except Exception:  # a bug here must not end presence for the life of the process
+                    log.exception("presence publish failed")
                 if time.monotonic() >= next_totals:
                     next_totals = time.monotonic() + TOTALS_EVERY * self._interval_s
                     await self._refresh_totals()
