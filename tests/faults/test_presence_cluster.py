@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis
+
 from tests.clients import SseViewer, assert_dense, eventually
 from tests.faults.test_cluster import leading
 from tests.integration.conftest import StartGateway, StartSimulator, submit
@@ -24,6 +26,28 @@ INTERVAL_S, TTL_S = 0.2, 1.0
 def presence_env(redis_url: str) -> dict[str, str]:
     return {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_LEASE_TTL_MS": "1500",
             "GATEWAY_PRESENCE_INTERVAL_S": str(INTERVAL_S), "GATEWAY_PRESENCE_TTL_S": str(TTL_S)}  # fmt: skip
+
+
+class PresenceWrites:
+    """Counts writes to one conversation's presence hash, from Redis keyspace notifications (no mock)."""
+
+    def __init__(self, redis_url: str, conv: str) -> None:
+        self.client = redis.Redis.from_url(redis_url)
+        self.client.config_set("notify-keyspace-events", "Kh")
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(f"__keyspace@0__:hqgw:{{{conv}}}:presence")
+        self.pubsub.get_message(timeout=1)  # the subscribe confirmation
+
+    def count(self) -> int:
+        n = 0
+        while self.pubsub.get_message(timeout=0.2) is not None:
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.config_set("notify-keyspace-events", "")  # the session's server, as other tests expect it
+        self.client.close()
 
 
 def identical_presence(gws: list[ServerProcess], conv: str, by_transport: dict[str, int]) -> bool:
@@ -48,12 +72,18 @@ def test_two_processes_share_presence_admin_list_and_disconnect(
         assert body["viewers"] == 5 and len(body["subjects"]) == 5
 
         await eventually(lambda: leading(a) or leading(b), 10, "a lease holder")
-        assert submit(b, conv, "cluster presence [deltas=10] [tools=1]").status_code == 202
+        writes = PresenceWrites(redis_url, conv)
+        assert submit(b, conv, "cluster presence [deltas=60] [tools=1]").status_code == 202
         for v in sse:
             await v.wait_for_stage("ENGINE_RETURN", timeout=15)
         for s in stomp:
             await eventually(lambda s=s: s.seqs[-1:] == sse[0].seqs[-1:], 5, "stomp viewers caught up")
         assert_dense(sse[0].seqs)
+        # No per-delivery work: ~5 x 70 deliveries, and presence wrote nothing for them (a periodic full
+        # rewrite of this conversation's two fields may fall inside the turn).
+        during_turn = writes.count()
+        writes.close()
+        assert during_turn <= 2, f"{during_turn} presence writes during a turn"
 
         def rows() -> tuple[dict, dict] | None:
             # The list is as fresh as each process's last heartbeat (GATEWAY_PRESENCE_INTERVAL_S).
