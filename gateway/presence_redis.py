@@ -61,6 +61,7 @@ class RedisPresence:
         self._next_beat = 0.0
         self._beats = 0
         self._failing = False
+        self._lost = False  # Redis may have lost what we wrote: rewrite everything at the next heartbeat
 
     def conversation_key(self, conv: str) -> str:
         return conversation_key(self._prefix, conv, "presence")
@@ -72,7 +73,7 @@ class RedisPresence:
         """Write the conversations whose viewers changed; heartbeat (with the snapshot) once per interval."""
         now = time.monotonic()
         beat = now >= self._next_beat
-        full = beat and self._beats % FULL_EVERY == 0
+        full = beat and (self._beats % FULL_EVERY == 0 or self._lost)
         dirty, local.dirty = local.dirty, set()
         convs = (set(local.conversations()) | self._written | dirty) if full else dirty
         if not convs and not beat:
@@ -87,15 +88,18 @@ class RedisPresence:
                     else:
                         pipe.hset(key, self.instance, orjson.dumps(entry))
                         pipe.pexpire(key, self._key_ttl_ms)
+                alive_at = len(pipe)
                 if beat:
                     now_ms = int(time.time() * 1000)
+                    pipe.exists(self.process_key(self.instance))  # gone: Redis lost our data (restart, failover)
                     pipe.set(self.process_key(self.instance), orjson.dumps(snapshot()), px=self._ttl_ms)
                     pipe.zadd(self.processes_key, {self.instance: now_ms})
                     if full:
                         pipe.zremrangebyscore(self.processes_key, "-inf", now_ms - int(FORGET_S * 1000))
-                await pipe.execute()
+                replies = await pipe.execute()
         except REDIS_ERRORS as exc:
             local.dirty |= dirty  # written at the next try
+            self._lost = True  # and everything else too: Redis may come back empty
             if not self._failing:
                 log.warning("presence not published (retrying): %s", exc)
             self._failing = True
@@ -109,6 +113,11 @@ class RedisPresence:
         if beat:
             self._beats += 1
             self._next_beat = now + self._interval_s
+            # Our heartbeat should still be there (beats come well within the TTL); if not, rewrite all now.
+            self._lost = not full and not replies[alive_at]
+            if self._lost:
+                log.info("presence: this process's heartbeat was gone from Redis; rewriting its presence")
+                self._next_beat = now
 
     async def conversation(self, conv: str) -> list[Entry]:
         """The entries of every live process for one conversation (dead processes' fields are dropped)."""

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import redis
 
+from gateway.presence_redis import FULL_EVERY
 from tests.clients import SseViewer, assert_dense, eventually
 from tests.faults.test_cluster import leading
 from tests.integration.conftest import StartGateway, StartSimulator, submit
 from tests.integration.test_presence import (
     StompViewer,
+    admin_list,
     admin_row,
     assert_told_by_admin,
     disconnect,
     metric,
     presence,
 )
+from tests.redis_server import RedisServer
 from tests.servers import ServerProcess
 
 INTERVAL_S, TTL_S = 0.2, 1.0
@@ -151,5 +155,34 @@ def test_sigkilled_process_viewers_leave_presence_within_the_ttl(
         for v in on_b:
             await v.stop()
         await stomp_b.stop()
+
+    asyncio.run(main())
+
+
+def test_presence_says_when_redis_is_down_and_comes_back_after_a_restart_that_lost_everything(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_factory: Callable[..., RedisServer], conv: str
+) -> None:
+    store = redis_factory()  # not persistent: a restart comes back empty
+    sim = start_simulator()
+    gw = start_gateway(sim.url, **presence_env(store.url))
+
+    async def main() -> None:
+        viewer = SseViewer(gw.url, conv).start()
+        await viewer.wait_connected()
+        await eventually(lambda: presence(gw, conv).json()["viewers"] == 1, 5, "presence")
+        store.kill()
+        # Not a stale or empty answer: the caller is told the shared store is unreachable.
+        for response in (presence(gw, conv), admin_list(gw)):
+            assert response.status_code == 503 and response.json()["error"] == "unavailable", response.text
+        store.start()
+        recovered = time.monotonic()
+        await eventually(lambda: presence(gw, conv).status_code == 200 and presence(gw, conv).json()["viewers"] == 1,
+                         10, "presence rewritten after Redis came back empty")  # fmt: skip
+        took = time.monotonic() - recovered
+        print(f"presence back {took:.2f}s after Redis restarted empty")
+        # Within a couple of heartbeats, not at the next periodic full rewrite (FULL_EVERY heartbeats).
+        assert took < FULL_EVERY * INTERVAL_S / 2, f"presence took {took:.2f}s to come back"
+        assert admin_row(gw, conv) is not None
+        await viewer.stop()
 
     asyncio.run(main())
