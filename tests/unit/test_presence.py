@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from gateway.config import ConfigError, load_settings
 from gateway.presence import LocalPresence, merge_presence, merge_snapshots
 
 A, B = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
@@ -44,3 +47,9 @@ def test_merged_snapshots_take_the_lease_holders_view_of_the_upstream() -> None:
         assert merged[A]["t"] == {"sse": 1, "websocket": 2}
         assert merged[A]["u"]["holder"] == "p2" and merged[A]["u"]["reconnects"] == 3
         assert merged[B] == {"t": {}, "u": {"state": "idle", "holder": None}}
+
+
+def test_a_ttl_shorter_than_two_heartbeats_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_PRESENCE_TTL_S"):
+        load_settings(env={"GATEWAY_PRESENCE_INTERVAL_S": "1", "GATEWAY_PRESENCE_TTL_S": "1.5"})
+    assert load_settings(env={"GATEWAY_PRESENCE_INTERVAL_S": "0.5", "GATEWAY_PRESENCE_TTL_S": "1"}).presence_ttl_s == 1
