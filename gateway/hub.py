@@ -48,6 +48,9 @@ REASONS: dict[str, Reason] = {
     "unavailable": Reason("journal_unavailable", "error", "the journal (Redis) is unreachable; reconnect later"),
     "internal": Reason("internal_error", "error", "delivery to this viewer failed"),
     "shutdown": Reason("shutdown", "stale", "server shutting down"),
+    "disconnected_by_admin": Reason(
+        "disconnected_by_admin", "error", "an operator ended this conversation's viewers; reconnect later"
+    ),
 }
 
 
