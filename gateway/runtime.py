@@ -165,6 +165,10 @@ class Gateway:
         self._submissions[(conversation_id, key)] = now
         return True
 
+    def forget_submission(self, conversation_id: str, key: str) -> None:
+        """A submission that failed before reaching HQ: its key may be used again as a first one."""
+        self._submissions.pop((conversation_id, key), None)
+
     def _new_upstream(self, conversation_id: str) -> Activation:
         s = self.settings
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -31,7 +32,8 @@ from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamStat
 
 log = logging.getLogger("gateway.cluster")
 
-ORIGINATE_ATTEMPTS = 5
+ORIGINATE_ATTEMPTS = 20
+ORIGINATE_BACKOFF_S = 0.01
 TURN_END_STAGES = (b"ASSISTANT_OUTPUT", b"ENGINE_RETURN")
 
 
@@ -242,13 +244,14 @@ class ClusteredConversation:
         if leader is not None:
             await leader.originate(name, data)
             return
-        for _ in range(ORIGINATE_ATTEMPTS):
-            head = await self._journal.head(self.conversation_id)
+        for attempt in range(ORIGINATE_ATTEMPTS):
+            if attempt:
+                # The holder appended in between (a turn streams ~25 events/s): step aside a moment.
+                await asyncio.sleep(random.uniform(0, ORIGINATE_BACKOFF_S * attempt))
+            head, last = await self._journal.head_and_last(self.conversation_id)
             turn = TurnState()
-            if head.exists and not head.empty:
-                last = await self._journal.read(self.conversation_id, head.seq - 1, 1)
-                if last:
-                    turn = TurnState.from_meta(last[0].as_dict()["payload"].get("_meta", {}))
+            if last is not None and last.seq == head.seq:
+                turn = TurnState.from_meta(last.as_dict()["payload"].get("_meta", {}))
             seq = head.seq + 1 if head.exists else int(time.time() * 1000) + 1
             env, _ = normalize(HqEvent(name, data), seq=seq, conversation_id=self.conversation_id, turn=turn,
                                mapping=self._mapping, now_ms=int(time.time() * 1000))  # fmt: skip

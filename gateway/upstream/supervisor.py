@@ -35,6 +35,12 @@ def _reason_label(reason: str) -> str:
     return "other"
 
 
+def _raise_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Sink(Protocol):
     """Where normalized envelopes go: journal first (with the cursor), then viewers."""
 
@@ -124,6 +130,9 @@ class ConversationUpstream:
                             break
                         else:
                             await self._accept(item)
+                            # redis-py sends under asyncio.wait_for, which on Python 3.11 can swallow a
+                            # cancel: an upstream told to stop must not go on streaming HQ regardless.
+                            _raise_if_cancelled()
             except UpstreamFatal as exc:
                 self._disconnected()
                 self.state = UpstreamState.FAILED
@@ -146,6 +155,7 @@ class ConversationUpstream:
             self._metrics.upstream_reconnects.labels(_reason_label(reason)).inc()
             delay = self._backoff.next_delay()
             log.info("upstream reconnect conversation=%s in %.2fs: %s", self.conversation_id, delay, reason)
+            _raise_if_cancelled()
             await asyncio.sleep(delay)
 
     def _disconnected(self) -> None:
