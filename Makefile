@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench clean venv stack rabbitmq-stomp lock test-latest
+.PHONY: demo run test lint fmt bench soak clean venv stack rabbitmq-stomp lock test-latest
 
 venv: $(STAMP)
 
@@ -103,6 +103,11 @@ $(BENCH_STAMP): $(STAMP)
 # BENCH_ARGS=--quick (a few minutes) | --full (10,000 idle viewers, 15+ minutes) | --no-profile (skip py-spy)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Issue 14's soak: redis-server + 2 gateways + >= 2,000 viewers under faults, every viewer checked event by event.
+# Never part of make test. SOAK_ARGS=--quick (300 viewers, ~3 minutes) | --phases lease-kill,hq-drops
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.soak.run $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info

@@ -1,0 +1,176 @@
+"""Every viewer against the recorded journal, envelope by envelope.
+
+A viewer's expected envelopes are the journal's seqs from its start (seq 1 for a viewer that was
+watching before the first turn; its first received seq for a late joiner) to its end (the last seq
+it saw when it left on purpose, else the journal's newest). Across all its connections it must have
+received each exactly once, in order, or have been told (a server notice, or at least a dropped
+connection) and then got the rest by resuming.
+
+Silence: for each expected envelope, the time from its ``created_ms`` in the journal to its first
+receipt (or to the end of the phase when it never came), unless the viewer was told, dropped or
+reloaded in between. The longest such wait is the phase's max silence.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections import Counter
+from typing import Any
+
+from benchmarks.soak.recorder import Truth
+from benchmarks.soak.viewers import DROPPED, RELOAD
+
+JOIN_GRACE_MS = 1000.0  # a joiner owes nothing created before it had a second to subscribe
+
+
+def notice_kind(text: str) -> str:
+    """A short label of a notice: its first words without ids or numbers."""
+    if text in (DROPPED, RELOAD):
+        return text
+    words = text.replace(":", " ").replace("{", " ").split()
+    keep = [w for w in words[:4] if not any(ch.isdigit() for ch in w)]
+    return " ".join(keep)[:60]
+
+
+def check_viewer(record: dict[str, Any], truth: dict[int, float], end_ms: float) -> dict[str, Any]:
+    seqs = array("q")
+    seqs.frombytes(record["seqs"])
+    rx = array("d")
+    rx.frombytes(record["rx_ms"])
+    notices: list[tuple[float, str]] = record["notices"]
+    told_times = sorted(t for t, _ in notices)
+    server_notices = [w for _, w in notices if w not in (DROPPED, RELOAD)]
+    dropped = sum(1 for _, w in notices if w == DROPPED)
+
+    first_rx: dict[int, float] = {}
+    duplicates = out_of_order = 0
+    previous = 0
+    for seq, t in zip(seqs, rx, strict=True):
+        if seq in first_rx:
+            duplicates += 1
+            continue
+        first_rx[seq] = t
+        if seq < previous:
+            out_of_order += 1
+        previous = max(previous, seq)
+
+    ordered = sorted(truth)
+    if record["role"] == "initial":
+        start = ordered[0] if ordered else 1
+    else:
+        after_join = [s for s in ordered if truth[s] >= record["started_ms"] + JOIN_GRACE_MS]
+        candidates = [s for s in (min(first_rx, default=None), after_join[0] if after_join else None) if s]
+        start = min(candidates) if candidates else (ordered[-1] + 1 if ordered else 1)
+    end = record["left_at_seq"] if record["left_at_seq"] is not None else (ordered[-1] if ordered else 0)
+    expected = [s for s in ordered if start <= s <= end]
+    missing = [s for s in expected if s not in first_rx]
+    phantom = sum(1 for s in first_rx if s not in truth)
+
+    max_wait = 0.0
+    max_wait_seq = 0
+    waits_untold: list[float] = []
+    for s in expected:
+        created = truth[s]
+        got = first_rx.get(s, end_ms)
+        i = bisect.bisect_left(told_times, created)
+        if i < len(told_times) and told_times[i] <= got:
+            continue  # told (or dropped, or reloaded) while this envelope was owed: not silence
+        wait = max(0.0, got - created)
+        waits_untold.append(wait)
+        if wait > max_wait:
+            max_wait, max_wait_seq = wait, s
+    told = bool(server_notices) or dropped > 0
+    return {
+        "kind": record["kind"],
+        "role": record["role"],
+        "port": record["port"],
+        "max_wait_seq_index": ordered.index(max_wait_seq) if max_wait_seq else None,
+        "reloads": sum(1 for _, w in notices if w == RELOAD),
+        "deliveries": len(seqs),
+        "expected": len(expected),
+        "lost": len(missing),
+        "first_lost": missing[:5],
+        "duplicates": duplicates,
+        "out_of_order": out_of_order,
+        "phantom": phantom,
+        "told": told,
+        "server_notices": server_notices,
+        "dropped": dropped,
+        "resumes": record["resumes"],
+        "gave_up": record["gave_up"],
+        "stalled": record["stalled"],
+        "connected": record["connected"],
+        "left": record["left_at_seq"] is not None,
+        "max_wait_ms": max_wait,
+        "lag_ms": waits_untold,
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def check_phase(records: list[dict[str, Any]], truths: dict[str, Truth], end_ms: float) -> dict[str, Any]:
+    """The phase's row: viewers, deliveries, lost, duplicated, told-and-resumed, max silence."""
+    merged = {c: t.merged() for c, t in truths.items()}
+    rows = [check_viewer(r, merged[r["conversation"]][0], end_ms) for r in records]
+    reasons: Counter[str] = Counter()
+    for row in rows:
+        reasons.update(notice_kind(n) for n in row["server_notices"])
+        if row["dropped"]:
+            reasons["dropped"] += row["dropped"]
+    normal = [r for r in rows if not r["stalled"]]
+    silence = max((r["max_wait_ms"] for r in normal), default=0.0)
+    lags = [w for r in normal for w in r["lag_ms"]]
+    clean = [r for r in rows if not r["lost"] and not r["duplicates"] and not r["out_of_order"]]
+    by_kind = Counter(r["kind"] for r in rows)
+    worst = sorted((r for r in rows if r["lost"] or r["duplicates"]), key=lambda r: -r["lost"])[:5]
+    return {
+        "viewers": len(rows),
+        "by_kind": dict(by_kind),
+        "deliveries": sum(r["deliveries"] for r in rows),
+        "expected": sum(r["expected"] for r in rows),
+        "lost": sum(r["lost"] for r in rows),
+        "duplicated": sum(r["duplicates"] for r in rows),
+        "out_of_order": sum(r["out_of_order"] for r in rows),
+        "phantom": sum(r["phantom"] for r in rows),
+        "viewers_complete": len(clean),
+        "viewers_told": sum(1 for r in rows if r["told"]),
+        "told_and_resumed": sum(1 for r in clean if r["told"]),
+        "lost_after_told": sum(1 for r in rows if r["told"] and r["lost"]),
+        "lost_silently": sum(1 for r in rows if not r["told"] and r["lost"]),
+        "viewers_with_loss": sum(1 for r in rows if r["lost"]),
+        "viewers_with_duplicates": sum(1 for r in rows if r["duplicates"]),
+        "gave_up": sum(1 for r in rows if r["gave_up"]),
+        "resumes": sum(r["resumes"] for r in rows),
+        "max_silence_ms": round(silence, 1),
+        "lag_p50_ms": round(percentile(lags, 50), 1),
+        "lag_p99_ms": round(percentile(lags, 99), 1),
+        "stalled_viewers": sum(1 for r in rows if r["stalled"]),
+        "stalled_told": sum(1 for r in rows if r["stalled"] and r["told"]),
+        "stalled_lost": sum(r["lost"] for r in rows if r["stalled"]),
+        "notices": dict(reasons.most_common(8)),
+        "journal": {
+            c: {
+                "newest": t.newest,
+                "envelopes": len(merged[c][0]),
+                "incarnations": len(t.incarnations),
+                "reused_seqs": merged[c][1],
+                "vanished": len(t.vanished_ms),
+            }
+            for c, t in truths.items()
+        },
+        "silentest": [
+            {k: r[k] for k in ("kind", "role", "port", "max_wait_ms", "max_wait_seq_index", "reloads", "lost", "told")}
+            for r in sorted(normal, key=lambda r: -r["max_wait_ms"])[:3]
+        ],
+        "worst": [
+            {k: r[k] for k in ("kind", "expected", "deliveries", "lost", "first_lost", "duplicates", "told")}
+            | {"notices": r["server_notices"][:2]}
+            for r in worst
+        ],
+    }
