@@ -7,8 +7,8 @@ received each exactly once, in order, or have been told (a server notice, or at 
 connection) and then got the rest by resuming.
 
 Silence: for each expected envelope, the time from its ``created_ms`` in the journal to its first
-receipt (or to the end of the phase when it never came), unless the viewer was told, dropped or
-reloaded in between. The longest such wait is the phase's max silence.
+receipt (or to the end of the phase when it never came), unless in between the viewer was told,
+dropped or reloading (from the notice until its next subscription). The longest such wait is the phase's max silence.
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ def check_viewer(record: dict[str, Any], truth: dict[int, float], end_ms: float)
     rx = array("d")
     rx.frombytes(record["rx_ms"])
     notices: list[tuple[float, str]] = record["notices"]
-    told_times = sorted(t for t, _ in notices)
+    # From each notice (or drop, or reload) until the viewer's next subscription: it knows it is not watching.
+    reconnects = sorted(record["connected_ms"])
+    windows = []
+    for t, _ in notices:
+        i = bisect.bisect_right(reconnects, t)
+        windows.append((t, reconnects[i] if i < len(reconnects) else end_ms))
     server_notices = [w for _, w in notices if w not in (DROPPED, RELOAD)]
     dropped = sum(1 for _, w in notices if w == DROPPED)
 
@@ -73,9 +78,8 @@ def check_viewer(record: dict[str, Any], truth: dict[int, float], end_ms: float)
     for s in expected:
         created = truth[s]
         got = first_rx.get(s, end_ms)
-        i = bisect.bisect_left(told_times, created)
-        if i < len(told_times) and told_times[i] <= got:
-            continue  # told (or dropped, or reloaded) while this envelope was owed: not silence
+        if any(start <= got and stop >= created for start, stop in windows):
+            continue  # told (or dropped, or reloading) while this envelope was owed: not silence
         wait = max(0.0, got - created)
         waits_untold.append(wait)
         if wait > max_wait:
@@ -91,6 +95,7 @@ def check_viewer(record: dict[str, Any], truth: dict[int, float], end_ms: float)
         "expected": len(expected),
         "lost": len(missing),
         "first_lost": missing[:5],
+        "missing": missing,
         "duplicates": duplicates,
         "out_of_order": out_of_order,
         "phantom": phantom,
@@ -118,6 +123,10 @@ def check_phase(records: list[dict[str, Any]], truths: dict[str, Truth], end_ms:
     """The phase's row: viewers, deliveries, lost, duplicated, told-and-resumed, max silence."""
     merged = {c: t.merged() for c, t in truths.items()}
     rows = [check_viewer(r, merged[r["conversation"]][0], end_ms) for r in records]
+    lost_stages: Counter[str] = Counter()
+    for r, row in zip(records, rows, strict=True):
+        stages = truths[r["conversation"]].stages
+        lost_stages.update(stages.get(s, "?") for s in row["missing"])
     reasons: Counter[str] = Counter()
     for row in rows:
         reasons.update(notice_kind(n) for n in row["server_notices"])
@@ -154,6 +163,8 @@ def check_phase(records: list[dict[str, Any]], truths: dict[str, Truth], end_ms:
         "stalled_told": sum(1 for r in rows if r["stalled"] and r["told"]),
         "stalled_lost": sum(r["lost"] for r in rows if r["stalled"]),
         "notices": dict(reasons.most_common(8)),
+        "lost_by_stage": dict(lost_stages.most_common(8)),
+        "lost_by_transport": dict(Counter(r["kind"] for r in rows for _ in r["missing"])),
         "journal": {
             c: {
                 "newest": t.newest,

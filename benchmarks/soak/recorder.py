@@ -30,6 +30,7 @@ class Truth:
     incarnations: list[dict[int, float]] = field(default_factory=lambda: [{}])
     resets_ms: list[float] = field(default_factory=list)
     vanished_ms: list[float] = field(default_factory=list)
+    stages: dict[int, str] = field(default_factory=dict)  # seq -> stage (of the first incarnation using it)
     turns_done: int = 0  # ENGINE_RETURN envelopes recorded: turns that reached the journal whole
 
     @property
@@ -96,7 +97,9 @@ class JournalRecorder:
         for entry_id, fields in self._client.xrange(key, start, "+"):
             seq = int(entry_id.split(b"-")[0])
             truth.current[seq] = float(fields.get(b"created_ms", 0) or 0)
-            truth.turns_done += fields.get(b"stage") == b"ENGINE_RETURN"
+            stage = fields.get(b"stage", b"")
+            truth.stages.setdefault(seq, stage.decode(errors="replace"))
+            truth.turns_done += stage == b"ENGINE_RETURN"
 
     def stop(self) -> None:
         """One last read of everything, then stop."""

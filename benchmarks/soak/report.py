@@ -105,6 +105,8 @@ def markdown(data: dict[str, Any]) -> str:
             f"journal {row['behind_at_end']} after {row['settle_s']} s of settling"
         )
         lines.append(f"* notices (what viewers were told, and drops): {row['notices']}")
+        if row.get("lost"):
+            lines.append(f"* lost envelopes by stage {row['lost_by_stage']}, by transport {row['lost_by_transport']}")
         if row.get("stalled_viewers"):
             lines.append(
                 f"* stalled viewers {row['stalled_viewers']}: told {row['stalled_told']}, "

@@ -47,8 +47,9 @@ PHASES = (
     "hq-503-attach",
     "stalled-viewer",
 )
-# A stalled viewer must overflow its queue within the stall: 256 messages is ~6 s of one conversation.
-GATEWAY_ENV = {"GATEWAY_HUB_QUEUE_MAX_MESSAGES": "256"}
+# A stalled viewer must overflow its queue within the stall: 128 messages (~5 s of one conversation)
+# behind a 32 KiB kernel send buffer.
+GATEWAY_ENV = {"GATEWAY_HUB_QUEUE_MAX_MESSAGES": "128", "GATEWAY_SOCKET_SNDBUF_BYTES": "32768"}
 
 
 @dataclass(slots=True)
@@ -182,16 +183,15 @@ class Soak:
             if victim is None:
                 return {"error": f"no live gateway holds the lease of {conversations[0]}: {holders}"}
             held = sum(1 for h in holders.values() if h == victim.instance)
+            killed_pid = victim.pid
             victim.sigkill()
             self.client.dead([victim.port])
             self.say(f"    SIGKILL gateway-{victim.index} pid {victim.pid} (instance {victim.instance}, {held} leases)")
             time.sleep(plan.fault_s)
             victim.restart()
             self.client.dead([])
-            after = self.holders(conversations)
-            return {"killed_pid": victim.pid, "instance": victim.instance, "leases_held": held,
-                    "leases_moved": sum(1 for c in conversations if holders[c] == victim.instance and after[c]
-                                        and after[c] != victim.instance)}  # fmt: skip
+            return {"killed_pid": killed_pid, "instance": victim.instance, "leases_held": held,
+                    "down_s": plan.fault_s}  # fmt: skip
         if name == "redis-restart-persistent":
             started = time.monotonic()
             cluster.redis.restart_keeping_data(down_s=2.0)

@@ -275,6 +275,7 @@ class SoakViewer:
         self.seqs = array("q")
         self.rx_ms = array("d")
         self.notices: list[tuple[float, str]] = []  # (time ms, what the server said / "dropped")
+        self.connected_ms: list[float] = []  # when each connection became ready (subscribed)
         self.resumes = 0
         self.resume_failures = 0
         self.left_at_seq: int | None = None  # left on purpose: expectations end here
@@ -330,6 +331,7 @@ class SoakViewer:
                 await loop.sock_connect(sock, (self.spec.host, port))
                 await loop.create_connection(lambda: conn, sock=sock)
                 await conn.ready
+            self.connected_ms.append(now_ms())
         except BaseException:
             if self._conn is conn:
                 self._conn = None
@@ -406,6 +408,7 @@ class SoakViewer:
             "seqs": self.seqs.tobytes(),
             "rx_ms": self.rx_ms.tobytes(),
             "notices": self.notices,
+            "connected_ms": self.connected_ms,
             "resumes": self.resumes,
             "resume_failures": self.resume_failures,
             "left_at_seq": self.left_at_seq,
