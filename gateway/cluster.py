@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio
 
 from gateway.envelope import Envelope
-from gateway.journal.base import Journal
+from gateway.journal.base import Journal, JournalHead
 from gateway.journal.redis import (
     UNAVAILABLE,
     JournalUnavailable,
@@ -172,6 +172,13 @@ class JournalTailer:
         self._key = journal.key(conversation_id, "journal")
         self.connected = False
         self.gaps = 0
+        # Told when the journal under our position was lost or rolled back (head, last seq we delivered).
+        self.on_reset: Callable[[JournalHead, int], None] | None = None
+        # Told once per outage when Redis stays unreadable for ``outage_notice_s``.
+        self.on_outage: Callable[[], None] | None = None
+        self.outage_notice_s = 5.0
+        self._down_since: float | None = None
+        self._outage_told = False
 
     async def run(self) -> None:
         """Tail until cancelled."""
@@ -180,7 +187,19 @@ class JournalTailer:
                 await self._tail()
             except (*UNAVAILABLE, JournalUnavailable, TimeoutError) as exc:
                 self.connected = False
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                elif not self._outage_told and now - self._down_since >= self.outage_notice_s:
+                    # Viewers are never left connected and fed nothing: tell them, they resume later.
+                    self._outage_told = True
+                    log.warning("journal of %s unreadable for %.1fs: telling its viewers", self.conversation_id,
+                                now - self._down_since)  # fmt: skip
+                    if self.on_outage is not None:
+                        self.on_outage()
                 delay = self._backoff.next_delay()
+                if self._down_since is not None and not self._outage_told:
+                    delay = min(delay, max(0.05, self._down_since + self.outage_notice_s - now))
                 log.warning("journal tail of %s interrupted, retrying in %.2fs: %s", self.conversation_id, delay, exc)
                 _raise_if_cancelled()
                 await asyncio.sleep(delay)
@@ -194,20 +213,31 @@ class JournalTailer:
                 async with asyncio.timeout(self._block_ms / 1000 + READ_GRACE_S):
                     reply = await conn.xread({self._key: f"{self.last_seq}-0"}, count=self._batch, block=self._block_ms)
                 self.connected = True
+                self._down_since, self._outage_told = None, False
                 self._backoff.reset()
                 self._deliver(reply)
         finally:
             await conn.aclose()
 
     async def _check_incarnation(self) -> None:
-        # A journal that vanished and restarted below our position would never show up after it.
+        """After a (re)connect: is the journal still the one we were following?"""
         head = await self._journal.head(self.conversation_id)
+        if not self.last_seq:
+            return
+        lost = not head.exists or head.seq < self.last_seq or head.first > self.last_seq + 1
+        if not lost:
+            return
+        # Redis lost the journal under us (restart without persistence, an older snapshot, a flush):
+        # local viewers are told with the bounds that remain, and the tail follows what comes next.
+        log.warning(
+            "journal of %s lost under delivered seq %d (now first=%d seq=%d): telling viewers",
+            self.conversation_id, self.last_seq, head.first, head.seq,
+        )  # fmt: skip
+        delivered = self.last_seq
         if head.exists and head.seq < self.last_seq:
-            log.warning(
-                "journal of %s restarted at %d below delivered seq %d: following the new incarnation",
-                self.conversation_id, head.first, self.last_seq,
-            )  # fmt: skip
             self.last_seq = head.first - 1
+        if self.on_reset is not None:
+            self.on_reset(head, delivered)
 
     def _deliver(self, reply: Any) -> None:
         # RESP2: [[key, entries]]; RESP3: {key: [entries]}.

@@ -115,6 +115,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_url", "redis", "url", str, "", _url("redis", "rediss", "unix", optional=True)),
     Setting("redis_key_prefix", "redis", "key_prefix", str, "hqgw"),
     Setting("redis_lease_ttl_ms", "redis", "lease_ttl_ms", int, 5000, _range(500, 600_000)),
+    Setting("redis_max_connections", "redis", "max_connections", int, 64, _range(2, 100_000)),
+    Setting("redis_pool_timeout_s", "redis", "pool_timeout_s", float, 5.0, _range(0.01, 600)),
+    Setting("redis_max_tails", "redis", "max_tails", int, 4096, _range(1, 1_000_000)),
+    Setting("redis_outage_notice_s", "redis", "outage_notice_s", float, 5.0, _range(0.1, 3600)),
     Setting("journal_max_events", "journal", "max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("journal_max_age_s", "journal", "max_age_s", float, 86_400.0, _range(1, 365 * 86_400)),
     Setting("replay_max_events", "journal", "replay_max_events", int, 10_000, _range(1, 10_000_000)),
@@ -195,6 +199,10 @@ class Settings:
     redis_url: str = ""
     redis_key_prefix: str = "hqgw"
     redis_lease_ttl_ms: int = 5000
+    redis_max_connections: int = 64
+    redis_pool_timeout_s: float = 5.0
+    redis_max_tails: int = 4096
+    redis_outage_notice_s: float = 5.0
     journal_max_events: int = 10_000
     journal_max_age_s: float = 86_400.0
     replay_max_events: int = 10_000

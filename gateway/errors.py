@@ -15,6 +15,14 @@ class JournalConflict(GatewayError):
     """An append lost a race: the expected seq or the lease owner did not match."""
 
 
+class JournalRollback(JournalConflict):
+    """The journal's head went backwards under a writer (Redis restored an older snapshot).
+
+    Continuing would hand out seqs viewers already saw with other envelopes: the writer stops, and
+    the next one starts a new incarnation above every seq it knows was assigned.
+    """
+
+
 class UpstreamFatal(GatewayError):
     """HQ refused the stream in a way retrying cannot fix (401/403/404)."""
 
@@ -22,3 +30,7 @@ class UpstreamFatal(GatewayError):
         super().__init__(f"HQ answered {status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class JournalUnavailable(GatewayError):
+    """The journal's store did not answer (Redis down, restarting, pool exhausted); the outcome is unknown."""

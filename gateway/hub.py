@@ -9,18 +9,50 @@ with seq arithmetic instead of buffering).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 from gateway.coalesce import coalesce
 from gateway.envelope import Envelope
+from gateway.errors import JournalUnavailable
 from gateway.journal.base import Journal
 from gateway.snapshot import TurnView
 
+log = logging.getLogger("gateway.hub")
+
 REPLAY_BATCH = 256
 MAX_VIEWS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a subscriber was cut loose, as every transport tells it.
+
+    ``kind`` "stale" is told as an SSE ``stale`` event (the resume will say what is left), "error" as
+    an SSE ``error`` event with ``error`` = ``code``; STOMP says ``code: text; resume with since-seq:N``.
+    """
+
+    code: str
+    kind: str
+    text: str
+
+
+REASONS: dict[str, Reason] = {
+    "slow": Reason("slow", "stale", "slow consumer: cut loose to protect other viewers"),
+    "expired": Reason("expired", "stale", "the journal no longer holds what this viewer still needed"),
+    "reset": Reason("reset", "stale", "the journal lost its data (Redis restarted empty or rolled back)"),
+    "unavailable": Reason("journal_unavailable", "error", "the journal (Redis) is unreachable; reconnect later"),
+    "internal": Reason("internal_error", "error", "delivery to this viewer failed"),
+    "shutdown": Reason("shutdown", "stale", "server shutting down"),
+}
+
+
+def reason_of(name: str) -> Reason:
+    return REASONS.get(name) or Reason(name, "error", name.replace("_", " "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +74,27 @@ class StaleNotice:
 
 
 class SubscriberStale(Exception):
-    """The subscriber was cut loose; ``reason`` says why (e.g. "slow", "expired")."""
+    """The subscriber was cut loose; ``reason`` says why (a key of ``REASONS``), ``cursor`` where to resume."""
 
-    def __init__(self, reason: str, cursor: int) -> None:
+    def __init__(self, reason: str, cursor: int, detail: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cursor = cursor
+        self.detail = detail or {}
+
+    def sse_data(self) -> tuple[str, dict[str, Any]]:
+        """The SSE event name and data that tell the viewer."""
+        why = reason_of(self.reason)
+        if why.kind == "stale":
+            return "stale", {"reason": self.reason, "resumeFrom": self.cursor, **self.detail}
+        return "error", {"error": why.code, "message": why.text, "resumeFrom": self.cursor, **self.detail}
+
+    def stomp_message(self) -> str:
+        """The STOMP ERROR ``message`` header that tells the viewer."""
+        why = reason_of(self.reason)
+        if self.reason == "slow":
+            return f"slow consumer: cut loose to protect other viewers; resume with since-seq:{self.cursor}"
+        return f"{why.code}: {why.text}; resume with since-seq:{self.cursor}"
 
 
 class Subscriber:
@@ -70,6 +117,7 @@ class Subscriber:
         "coalesce_after",
         "conversation_id",
         "cursor",
+        "detail",
         "direct",
         "direct_batch",
         "failure",
@@ -91,6 +139,7 @@ class Subscriber:
         self._waiter: asyncio.Future[None] | None = None  # next_batch waiting
         self._on_wake: Callable[[], None] | None = None  # parked: call once when there is work
         self.failure: str | None = None
+        self.detail: dict[str, Any] | None = None  # what the viewer is told with the failure (bounds)
         self.coalesce_after = 0  # queue length past which deltas are merged (0: never)
         # Called once when the subscriber is cut loose: a transport blocked writing to a peer that
         # stopped reading never calls next_batch again, so it must be interrupted from here.
@@ -186,10 +235,11 @@ class Subscriber:
         # Amortized O(1) per envelope: the next pass waits until the queue has doubled.
         self._coalesce_at = 2 * len(merged)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, detail: dict[str, Any] | None = None) -> None:
         if self.failure is not None:
             return
         self.failure = reason
+        self.detail = detail
         self._queue = None
         self._bytes = 0
         self._wakeup()
@@ -202,7 +252,7 @@ class Subscriber:
         self._idle = False
         while True:
             if self.failure is not None:
-                raise SubscriberStale(self.failure, self.cursor)
+                raise SubscriberStale(self.failure, self.cursor, self.detail)
             target = self.catch_up_to
             queue = self._queue
             if queue:
@@ -233,7 +283,13 @@ class Subscriber:
                 self._waiter = None
 
     async def _from_journal(self, count: int) -> list[Envelope]:
-        envs = await self._journal.read(self.conversation_id, self.cursor, count)
+        try:
+            envs = await self._journal.read(self.conversation_id, self.cursor, count)
+        except JournalUnavailable as exc:
+            # Never connected and fed nothing: the viewer is told, and resumes once Redis answers.
+            log.warning("journal read for a viewer of %s failed: %s", self.conversation_id, exc)
+            self.fail("unavailable")
+            raise SubscriberStale("unavailable", self.cursor) from exc
         if not envs or (envs[0].seq != self.cursor + 1 and self.cursor != 0):
             # Retention trimmed what this viewer still needed while it was catching up.
             self.fail("expired")
@@ -331,13 +387,42 @@ class Hub:
                 view.apply(env)
         if not subs or not batch:
             return
+        # Each viewer isolated (like websockets.broadcast()): one failing write is told and closed,
+        # the others and the conversation carry on.
         if len(batch) == 1:
             env = batch[0]
             for sub in subs:
-                sub.offer(env)
+                try:
+                    sub.offer(env)
+                except Exception:
+                    self._isolate(sub)
         else:  # viewer by viewer: each gets the whole burst in one write when it can
             for sub in subs:
-                sub.offer_batch(batch)
+                try:
+                    sub.offer_batch(batch)
+                except Exception:
+                    self._isolate(sub)
+
+    @staticmethod
+    def _isolate(sub: Subscriber) -> None:
+        log.exception("delivery to a viewer of %s failed; cutting it loose", sub.conversation_id)
+        try:
+            sub.fail("internal")
+        except Exception:
+            log.exception("telling a failed viewer of %s failed", sub.conversation_id)
+
+    def fail_conversation(
+        self, conversation_id: str, reason: str, detail: dict[str, Any] | None = None,
+        affected: Callable[[Subscriber], bool] | None = None,
+    ) -> int:  # fmt: skip
+        """Cut the local subscribers of a conversation (those ``affected``) loose with ``reason``; how many."""
+        subs = [s for s in self._topics.get(conversation_id, ()) if affected is None or affected(s)]
+        for sub in subs:
+            try:
+                sub.fail(reason, detail)
+            except Exception:
+                log.exception("telling a viewer of %s failed", conversation_id)
+        return len(subs)
 
     def viewers(self, conversation_id: str) -> int:
         return len(self._topics.get(conversation_id, ()))

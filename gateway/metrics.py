@@ -40,6 +40,8 @@ class Metrics:
         )
         self.submissions = Counter("hqgw_submissions", "Turn submissions by outcome", ["outcome"], registry=r)
         self.redis_up = Gauge("hqgw_redis_up", "1 when Redis answers (cluster mode)", registry=r)
+        self.redis_data_loss = Counter("hqgw_redis_data_loss", "Times Redis lost or rolled back journal data under "
+                                       "this process (viewers told reset)", registry=r)  # fmt: skip
         self.bridge_connected = Gauge("hqgw_bridge_connected", "1 when the broker bridge is connected", registry=r)
         self.bridge_lag = Gauge("hqgw_bridge_lag_envelopes", "Envelopes journaled but not yet confirmed by the broker",
                                 registry=r)  # fmt: skip

@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.envelope import Envelope, load_mapping
 from gateway.hub import Hub
 from gateway.journal.base import Journal
+from gateway.journal.batched import BatchedReads
 from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
 from gateway.metrics import Metrics
@@ -32,6 +33,7 @@ from gateway.upstream.supervisor import ConversationUpstream, Sink
 log = logging.getLogger("gateway")
 
 SUBMISSION_KEYS = 100_000
+DATA_LOSS_NOTICE_S = 30.0
 
 
 class LocalSink:
@@ -76,15 +78,31 @@ class Gateway:
         self.mapping = load_mapping(settings.mapping_file, keep_unknown=settings.unknown_events == "keep")
         self.redis: redis.asyncio.Redis | None = None
         self.redis_ok = not settings.redis_url
+        hub_journal: Journal | None = None
         if journal is None and settings.redis_url:
-            # socket_timeout bounds every call on a stalled Redis; blocking tails get their own
-            # client without one (their reads are bounded by the tailer itself).
-            self.redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-            self._tail_redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+            # Sized on purpose (redis-py 8 caps a pool at 100 and fails at once past it): commands
+            # share a pool that waits up to pool_timeout_s for a free connection, and a call that
+            # still gets none is told to the viewer that needed it. socket_timeout bounds every call on
+            # a stalled Redis; blocking tails (one connection per watched conversation) get their own
+            # pool without one (their reads are bounded by the tailer itself).
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.redis_max_connections,
+                timeout=settings.redis_pool_timeout_s, socket_timeout=5, socket_connect_timeout=2,
+            )  # fmt: skip
+            tails = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.redis_max_tails,
+                timeout=settings.redis_pool_timeout_s, socket_connect_timeout=2,
+            )  # fmt: skip
+            self.redis = redis.asyncio.Redis(connection_pool=pool)
+            self._tail_redis = redis.asyncio.Redis(connection_pool=tails)
             journal = RedisJournal(self.redis, prefix=settings.redis_key_prefix, max_events=settings.journal_max_events,
                                    max_age_s=settings.journal_max_age_s)  # fmt: skip
+            # A thousand viewers joining at once cost one head call, not a thousand.
+            hub_journal = BatchedReads(journal)
         self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
-        self.hub = Hub(self.journal, settings.queue_max_messages, settings.queue_max_bytes, settings.replay_max_events)
+        self.hub = Hub(hub_journal or self.journal, settings.queue_max_messages, settings.queue_max_bytes,
+                       settings.replay_max_events)  # fmt: skip
+        self.data_loss: tuple[float, str] | None = None  # (when, what) Redis lost under us, for /readyz
         if settings.coalesce:
             self.hub.coalesce_after = settings.coalesce_after
         self.hq = HqClient(
@@ -149,7 +167,15 @@ class Gateway:
             owner=self.instance_id,
             lease_ttl_ms=s.redis_lease_ttl_ms,
             make_upstream=upstream,
+            outage_notice_s=s.redis_outage_notice_s,
+            on_data_loss=self.note_data_loss,
         )
+
+    def note_data_loss(self, detail: str) -> None:
+        """Redis lost data we relied on: /readyz says so for DATA_LOSS_NOTICE_S."""
+        log.warning("redis data loss: %s", detail)
+        self.data_loss = (time.monotonic(), detail)
+        self.metrics.redis_data_loss.inc()
 
     def _leads(self, conversation_id: str) -> bool:
         """Cluster mode: whether this process holds the conversation's upstream lease."""
@@ -165,10 +191,18 @@ class Gateway:
 
     async def _watch_redis(self) -> None:
         assert self.redis is not None
+        # A marker every process shares, written once per Redis dataset: when it vanishes or changes,
+        # Redis lost its data (restart without persistence, failover to an empty replica, a flush).
+        marker = f"{self.settings.redis_key_prefix}:dataset"
+        dataset: bytes | str | None = None
         while True:
             try:
                 async with asyncio.timeout(2):
-                    await self.redis.ping()
+                    await self.redis.set(marker, uuid.uuid4().hex, nx=True)
+                    current = await self.redis.get(marker)
+                if dataset is not None and current != dataset:
+                    self._dataset_lost()
+                dataset = current
                 if not self.redis_ok:
                     log.info("redis reachable again")
                 self.redis_ok = True
@@ -178,6 +212,10 @@ class Gateway:
                 self.redis_ok = False
             self.metrics.redis_up.set(1 if self.redis_ok else 0)
             await asyncio.sleep(1.0)
+
+    def _dataset_lost(self) -> None:
+        # Each conversation's tail finds its own journal gone and tells its viewers (JournalTailer).
+        self.note_data_loss("Redis restarted without its data (or was flushed)")
 
     def readiness(self) -> dict[str, dict[str, Any]]:
         """What /readyz reports: one entry per dependency, each with ok and a detail."""
@@ -189,7 +227,7 @@ class Gateway:
                 "detail": "draining" if self.shutting_down.is_set() else "no",
             },
             "journal": {"ok": True, "detail": type(self.journal).__name__},
-            "redis": {"ok": self.redis_ok, "detail": self._redis_detail()},
+            "redis": self._redis_check(),
             "upstreams": {
                 "ok": True,
                 "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
@@ -198,6 +236,16 @@ class Gateway:
         if self.bridge is not None:
             checks["bridge"] = self.bridge.readiness()
         return checks
+
+    def _redis_check(self) -> dict[str, Any]:
+        check: dict[str, Any] = {"ok": self.redis_ok, "detail": self._redis_detail()}
+        if self.data_loss is not None:
+            since, detail = self.data_loss
+            age = time.monotonic() - since
+            if age < DATA_LOSS_NOTICE_S:
+                # Not ready while viewers re-sync onto new journal incarnations; it clears by itself.
+                check.update(ok=False, detail=f"data loss {age:.0f}s ago: {detail}", dataLoss=True)
+        return check
 
     def _redis_detail(self) -> str:
         if self.redis is None:

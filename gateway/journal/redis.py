@@ -24,15 +24,14 @@ import redis.asyncio
 import redis.exceptions
 
 from gateway.envelope import Envelope
-from gateway.errors import ConfigError, GatewayError, JournalConflict
+from gateway.errors import ConfigError, JournalConflict, JournalUnavailable
 from gateway.journal.base import JournalHead
 
 # Failures that say "Redis is not reachable right now", as opposed to a bug in a command or script.
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
-class JournalUnavailable(GatewayError):
-    """Redis did not answer (down, restarting, unreachable); the operation's outcome is unknown."""
+__all__ = ["UNAVAILABLE", "JournalUnavailable", "RedisJournal", "conversation_key", "decode_entry"]
 
 
 @contextmanager
@@ -152,6 +151,14 @@ return {m[1], m[2], m[3], oldest, entries}
 )
 
 
+# KEYS: journal, meta, lease. ARGV: owner. Drops the conversation's journal only while the lease is ours.
+_DISCARD = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
 def decode_entry(entry_id: bytes | str, raw: Mapping[bytes, bytes] | Sequence[bytes]) -> Envelope:
     """One stream entry (XREAD's dict form or a script's flat list) as an Envelope."""
     fields = dict(raw) if isinstance(raw, Mapping) else dict(zip(raw[::2], raw[1::2], strict=True))
@@ -195,6 +202,7 @@ class RedisJournal:
         self._clock = clock
         self._append = redis.register_script(_APPEND)
         self._view = redis.register_script(_VIEW)
+        self._discard = redis.register_script(_DISCARD)
 
     def key(self, conversation_id: str, kind: str) -> str:
         return conversation_key(self.prefix, conversation_id, kind)
@@ -255,6 +263,12 @@ class RedisJournal:
             raise JournalConflict(f"{conversation_id}: a new journal starts with an envelope")
         if code == 3:
             raise JournalConflict(f"{conversation_id}: expected seq {int(detail) + 1}, got {envelopes[0].seq}")
+
+    async def discard(self, conversation_id: str, owner: str) -> bool:
+        """Drop a rolled-back incarnation (fenced by the lease) so the next append starts a new one."""
+        keys = [self.key(conversation_id, k) for k in ("journal", "meta", "lease")]
+        with unavailable_as_error(f"journal discard of {conversation_id}"):
+            return bool(await self._discard(keys, [owner]))
 
     async def read(self, conversation_id: str, after: int, limit: int) -> list[Envelope]:
         if limit <= 0:

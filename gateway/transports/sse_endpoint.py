@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
+from gateway.errors import JournalUnavailable
 from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.sse import encode_comment, encode_event
@@ -139,11 +140,18 @@ async def _frames(
     delivered, latency = metrics.delivered.labels("sse"), metrics.fanout_latency.labels("sse")
     async with gw.upstreams.interest(conv):
         first: bytes = b""
-        if snapshot:
-            sub, snap = await gw.hub.subscribe_with_snapshot(conv, int(time.time() * 1000), coalesce=coalesce)
-            notice, first = None, snap.sse_user if user else snap.sse
-        else:
-            sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
+        try:
+            if snapshot:
+                sub, snap = await gw.hub.subscribe_with_snapshot(conv, int(time.time() * 1000), coalesce=coalesce)
+                notice, first = None, snap.sse_user if user else snap.sse
+            else:
+                sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
+        except JournalUnavailable as exc:
+            # Told, never a silent close: the viewer retries with the cursor it had.
+            log.warning("sse attach refused %s: %s", hook.label, exc)
+            metrics.disconnects.labels("unavailable").inc()
+            yield encode_event(orjson.dumps(SubscriberStale("unavailable", since or 0).sse_data()[1]), event="error")
+            return
         sub.on_fail = hook
         metrics.viewers.labels("sse").inc()
         log.info("sse attach %s since=%s snapshot=%s cursor=%d", hook.label, since, snapshot, sub.cursor)
@@ -177,8 +185,15 @@ async def _frames(
                     if exc.reason == "shutdown":
                         yield encode_comment("server shutting down; reconnect with Last-Event-ID")
                     else:
-                        data = {"reason": exc.reason, "resumeFrom": exc.cursor}
-                        yield encode_event(orjson.dumps(data), event="stale")
+                        event, data = exc.sse_data()
+                        yield encode_event(orjson.dumps(data), event=event)
+                    return
+                except Exception:
+                    log.exception("sse delivery failed %s", hook.label)
+                    outcome = "cut loose: internal"
+                    metrics.disconnects.labels("internal").inc()
+                    event, data = SubscriberStale("internal", sub.cursor).sse_data()
+                    yield encode_event(orjson.dumps(data), event=event)
                     return
                 if batch:
                     chunk = _render(batch, user)

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.auth import Authenticator, Credential, Denied
 from gateway.envelope import Envelope
+from gateway.errors import JournalUnavailable
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.protocols.stomp import (
@@ -181,13 +182,20 @@ class StompConnection:
         upstream_holder = self._gw.upstreams
         upstream_holder.hold(conv)
         first: Envelope | None = None
-        if snapshot is not None and since is None:
-            subscriber, first = await self._gw.hub.subscribe_with_snapshot(
-                conv, int(time.time() * 1000), coalesce=coalesce
-            )
-            notice = None
-        else:
-            subscriber, notice = await self._gw.hub.subscribe(conv, since, coalesce=coalesce)
+        try:
+            if snapshot is not None and since is None:
+                subscriber, first = await self._gw.hub.subscribe_with_snapshot(
+                    conv, int(time.time() * 1000), coalesce=coalesce
+                )
+                notice = None
+            else:
+                subscriber, notice = await self._gw.hub.subscribe(conv, since, coalesce=coalesce)
+        except JournalUnavailable as exc:
+            upstream_holder.release(conv)
+            log.warning("stomp subscribe refused session=%s conversation=%s: %s", self.session.session_id, conv, exc)
+            self._gw.metrics.disconnects.labels("unavailable").inc()
+            self.session.reject(SubscriberStale("unavailable", since or 0).stomp_message(), req.receipt)
+            return
         subscriber.on_fail = self._on_subscriber_fail
         # Decide even when a DISCONNECT packed behind this SUBSCRIBE already closed the session:
         # its RECEIPT still goes out in order; the subscription itself is then not registered.
@@ -257,6 +265,10 @@ class StompConnection:
             await self._cut_loose(exc)
         except KeyError:
             pass  # unsubscribed while a batch was in flight
+        except Exception:
+            # A delivery task never dies silently: the viewer is told and closed.
+            log.exception("stomp delivery failed session=%s id=%s", session.session_id, sub_id)
+            await self._cut_loose(SubscriberStale("internal", subscriber.cursor))
 
     def _resume(self, sub_id: str, entry: _Subscription) -> None:
         """A parked subscription has work its direct path could not do: deliver from a task again."""
@@ -270,9 +282,7 @@ class StompConnection:
         if exc.reason == "shutdown":
             await self._pipe.close(1001, "server shutting down; reconnect and resume with since-seq")
             return
-        self.session.reject(
-            f"{exc.reason} consumer: cut loose to protect other viewers; resume with since-seq:{exc.cursor}"
-        )
+        self.session.reject(exc.stomp_message())
         await self._flush()
         await self._pipe.close(1008, f"stale: {exc.reason}")
 

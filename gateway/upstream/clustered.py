@@ -20,7 +20,8 @@ import redis.asyncio
 from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
 from gateway.envelope import Envelope, HqEvent, Mapping, TurnState, normalize
 from gateway.errors import JournalConflict
-from gateway.hub import Hub
+from gateway.hub import Hub, Subscriber
+from gateway.journal.base import JournalHead
 from gateway.journal.redis import JournalUnavailable, RedisJournal
 from gateway.upstream.client import Backoff
 from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamState
@@ -46,6 +47,8 @@ class ClusteredConversation:
         owner: str,
         lease_ttl_ms: int,
         make_upstream: Callable[[Sink], ConversationUpstream],
+        outage_notice_s: float = 5.0,
+        on_data_loss: Callable[[str], None] | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self._journal = journal
@@ -60,6 +63,10 @@ class ClusteredConversation:
         self.ended_at: float | None = None
         self.leader: ConversationUpstream | None = None
         self.takeovers = 0
+        self._outage_notice_s = outage_notice_s
+        self._on_data_loss = on_data_loss
+        self._tailer: JournalTailer | None = None
+        self._led: tuple[int, str | None] | None = None  # (seq, cursor) where this process's last lead stopped
 
     @property
     def is_leader(self) -> bool:
@@ -68,6 +75,10 @@ class ClusteredConversation:
     async def run(self) -> None:
         head = await self._retrying(lambda: self._journal.head(self.conversation_id))
         tailer = JournalTailer(self._tail_client, self._journal, self.conversation_id, self._publish, head.seq)
+        tailer.outage_notice_s = self._outage_notice_s
+        tailer.on_outage = self._tell_outage
+        tailer.on_reset = self._tell_reset
+        self._tailer = tailer
         tail_task = asyncio.create_task(tailer.run(), name=f"tail:{self.conversation_id}")
         try:
             await self._contend()
@@ -75,6 +86,23 @@ class ClusteredConversation:
             tail_task.cancel()
             with suppress(asyncio.CancelledError):
                 await tail_task
+
+    def _tell_outage(self) -> None:
+        told = self._hub.fail_conversation(self.conversation_id, "unavailable")
+        log.warning("journal of %s unreachable: %d local viewers told to resume later", self.conversation_id, told)
+
+    def _tell_reset(self, head: JournalHead, delivered: int) -> None:
+        bounds = {"oldest": head.oldest, "newest": head.seq} if head.exists and not head.empty else {}
+
+        def on_lost_incarnation(sub: Subscriber) -> bool:
+            # Viewers that joined after the loss already stand on what Redis holds now.
+            return sub.cursor != 0 and not (head.exists and head.first - 1 <= sub.cursor <= head.seq)
+
+        told = self._hub.fail_conversation(self.conversation_id, "reset", bounds, on_lost_incarnation)
+        detail = f"journal of {self.conversation_id} lost under seq {delivered}"
+        log.warning("%s: %d local viewers told to resume", detail, told)
+        if self._on_data_loss is not None:
+            self._on_data_loss(detail)
 
     def _publish(self, envelopes: list[Envelope]) -> None:
         self._hub.publish(self.conversation_id, envelopes)
@@ -110,6 +138,7 @@ class ClusteredConversation:
         log.info("lease acquired conversation=%s owner=%s", self.conversation_id, self.lease.owner)
         self.takeovers += 1
         upstream = self._make_upstream(ClusterSink(self._journal, self.lease.owner))
+        upstream.resume_hint = await self._resume_hint()
         self.leader = upstream
         lost = asyncio.Event()
         keeper = asyncio.create_task(hold_lease(self.lease, lost.set), name=f"lease:{self.conversation_id}")
@@ -126,6 +155,8 @@ class ClusteredConversation:
                     await task
             self.leader = None
             self.connected.clear()
+            if upstream.seq:
+                self._led = (upstream.seq, upstream.cursor)
             if not lost.is_set():
                 # Also on shutdown (cancellation): a released lease lets another replica take over now
                 # instead of after the TTL.
@@ -138,6 +169,35 @@ class ClusteredConversation:
         elif runner.done() and not runner.cancelled() and runner.exception() is not None:
             log.warning("upstream of %s stopped: %r", self.conversation_id, runner.exception())
         return refused
+
+    async def _resume_hint(self) -> tuple[int, str | None] | None:
+        """The highest seq this process knows was assigned, and its HQ cursor when this process led.
+
+        When Redis lost the journal or rolled it back below that seq, the rolled-back incarnation is
+        dropped (fenced by our lease) and the upstream starts a new one above it: a seq that viewers
+        saw is never handed out again with another envelope.
+        """
+        seen = self._tailer.last_seq if self._tailer is not None else 0
+        led_seq, led_cursor = self._led or (0, None)
+        known = max(seen, led_seq)
+        if not known:
+            return None
+        try:
+            head = await self._journal.head(self.conversation_id)
+            rolled_back = head.exists and head.seq < known
+            if rolled_back:
+                await self._journal.discard(self.conversation_id, self.lease.owner)
+        except JournalUnavailable:
+            return None  # the upstream's own first read fails the same way, and the next lead asks again
+        if rolled_back:
+            log.warning("journal of %s rolled back from %d to %d: starting a new incarnation",
+                        self.conversation_id, known, head.seq)  # fmt: skip
+            if self._on_data_loss is not None:
+                self._on_data_loss(f"journal of {self.conversation_id} rolled back from {known} to {head.seq}")
+        elif head.exists:
+            return None  # intact: resume from what Redis holds
+        # Only our own lead's cursor is exact; a seq seen as a follower resumes HQ from Redis's cursor.
+        return known, led_cursor if led_seq == known else head.cursor
 
     async def _mirror(self, upstream: ConversationUpstream) -> None:
         await upstream.connected.wait()

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.envelope import ConversationInfo, Envelope, HqEvent, Mapping, TurnState, normalize
-from gateway.errors import JournalConflict, UpstreamFatal
+from gateway.errors import JournalConflict, JournalRollback, UpstreamFatal
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
 from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavailable
@@ -84,6 +84,8 @@ class ConversationUpstream:
         self._recent_set: set[str] = set()
         self._last_numeric = -1
         self._append_lock = asyncio.Lock()  # the run loop and REST submissions both append
+        # Cluster mode: (seq, cursor) this process last knew, for when Redis lost the journal under it.
+        self.resume_hint: tuple[int, str | None] | None = None
 
     async def run(self) -> None:
         await self._load()
@@ -144,6 +146,12 @@ class ConversationUpstream:
         head = await self._journal.head(self.conversation_id)
         # A new journal incarnation starts at the wall clock in ms (see JournalHead).
         self.seq, self.cursor = head.seq or self._clock_ms(), head.cursor
+        hint = self.resume_hint
+        if hint is not None and not head.exists:
+            # The journal is gone (Redis lost its data, or retention expired it): a new incarnation
+            # above every seq this process saw, resuming HQ where this process got to, not from scratch.
+            self.seq = max(self.seq, hint[0])
+            self.cursor = hint[1] if hint[1] is not None else self.cursor
         if self.cursor is not None:
             self._remember(self.cursor)
         if not head.empty:
@@ -216,8 +224,12 @@ class ConversationUpstream:
                 # renumber. A lost lease conflicts again and ends this upstream.
                 if attempt == APPEND_ATTEMPTS - 1:
                     raise
-                keep_cursor = self.cursor
+                keep_cursor, assigned = self.cursor, self.seq
                 await self._load()
+                if self.seq < assigned:
+                    raise JournalRollback(
+                        f"{self.conversation_id}: journal head went back from {assigned} to {self.seq}"
+                    ) from None
                 self.cursor = keep_cursor
                 continue
             self.seq, self.turn = env.seq, turn
