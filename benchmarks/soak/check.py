@@ -1,7 +1,8 @@
 """Every viewer against the recorded journal, envelope by envelope.
 
-A viewer's expected envelopes are the journal's seqs from its start (seq 1 for a viewer that was
-watching before the first turn; its first received seq for a late joiner) to its end (the last seq
+A viewer's expected envelopes are the journal's seqs from its start (after its ``since-seq`` when it
+subscribed with one; else the first envelope created after its subscription was confirmed, or its
+first received seq if earlier) to its end (the last seq
 it saw when it left on purpose, else the journal's newest). Across all its connections it must have
 received each exactly once, in order, or have been told (a server notice, or at least a dropped
 connection) and then got the rest by resuming.
@@ -20,8 +21,6 @@ from typing import Any
 
 from benchmarks.soak.recorder import Truth
 from benchmarks.soak.viewers import DROPPED, RELOAD
-
-JOIN_GRACE_MS = 1000.0  # a joiner owes nothing created before it had a second to subscribe
 
 
 def notice_kind(text: str) -> str:
@@ -61,11 +60,14 @@ def check_viewer(record: dict[str, Any], truth: dict[int, float], end_ms: float)
         previous = max(previous, seq)
 
     ordered = sorted(truth)
-    if record["role"] == "initial":
-        start = ordered[0] if ordered else 1
+    if record["since"] is not None:  # subscribed with a cursor: everything after it
+        start = next((s for s in ordered if s > record["since"]), ordered[-1] + 1 if ordered else 1)
     else:
-        after_join = [s for s in ordered if truth[s] >= record["started_ms"] + JOIN_GRACE_MS]
-        candidates = [s for s in (min(first_rx, default=None), after_join[0] if after_join else None) if s]
+        # Live from the subscription: owed is every envelope created once it was confirmed (RECEIPT /
+        # first SSE byte); one created while it was still being set up may or may not be replayed.
+        subscribed = record["connected_ms"][0] if record["connected_ms"] else record["started_ms"]
+        after = next((s for s in ordered if truth[s] >= subscribed), None)
+        candidates = [s for s in (min(first_rx, default=None), after) if s is not None]
         start = min(candidates) if candidates else (ordered[-1] + 1 if ordered else 1)
     end = record["left_at_seq"] if record["left_at_seq"] is not None else (ordered[-1] if ordered else 0)
     expected = [s for s in ordered if start <= s <= end]

@@ -47,9 +47,9 @@ PHASES = (
     "hq-503-attach",
     "stalled-viewer",
 )
-# A stalled viewer must overflow its queue within the stall: 128 messages (~5 s of one conversation)
-# behind a 32 KiB kernel send buffer.
-GATEWAY_ENV = {"GATEWAY_HUB_QUEUE_MAX_MESSAGES": "128", "GATEWAY_SOCKET_SNDBUF_BYTES": "32768"}
+# A stalled viewer must overflow its queue within the stall: 64 messages (~3 s of one conversation)
+# behind a 16 KiB kernel send buffer (the kernel doubles it).
+GATEWAY_ENV = {"GATEWAY_HUB_QUEUE_MAX_MESSAGES": "64", "GATEWAY_SOCKET_SNDBUF_BYTES": "16384"}
 
 
 @dataclass(slots=True)

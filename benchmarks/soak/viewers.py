@@ -404,6 +404,7 @@ class SoakViewer:
             "conversation": self.spec.conversation,
             "port": self.spec.ports[0],
             "role": self.spec.role,
+            "since": self.spec.since,
             "stalled": self.stalled_until > 0,
             "seqs": self.seqs.tobytes(),
             "rx_ms": self.rx_ms.tobytes(),
