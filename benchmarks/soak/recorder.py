@@ -123,6 +123,7 @@ class UpstreamSampler:
         self.max_open: dict[str, int] = dict.fromkeys(conversations, 0)
         self.samples = 0
         self.over_one = 0  # samples in which some conversation had more than one stream open
+        self.over_one_ms: list[float] = []  # when (wall clock ms)
         self.opens_before = self._opens()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream-sampler", daemon=True)
@@ -151,6 +152,8 @@ class UpstreamSampler:
                 self.max_open[c] = max(self.max_open[c], n)
                 over |= n > 1
             self.over_one += over
+            if over:
+                self.over_one_ms.append(time.time() * 1000)
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
@@ -159,6 +162,7 @@ class UpstreamSampler:
         return {
             "samples": self.samples,
             "samples_with_two_or_more": self.over_one,
+            "two_or_more_ms": [round(self.over_one_ms[0]), round(self.over_one_ms[-1])] if self.over_one_ms else None,
             "max_open": max(self.max_open.values(), default=0),
             "conversations_over_one": sum(1 for n in self.max_open.values() if n > 1),
             "stream_opens": sum(opens[c] - self.opens_before.get(c, 0) for c in self.conversations),

@@ -184,6 +184,7 @@ class Soak:
                 return {"error": f"no live gateway holds the lease of {conversations[0]}: {holders}"}
             held = sum(1 for h in holders.values() if h == victim.instance)
             killed_pid = victim.pid
+            killed_ms = time.time() * 1000
             victim.sigkill()
             self.client.dead([victim.port])
             self.say(f"    SIGKILL gateway-{victim.index} pid {victim.pid} (instance {victim.instance}, {held} leases)")
@@ -191,15 +192,23 @@ class Soak:
             victim.restart()
             self.client.dead([])
             return {"killed_pid": killed_pid, "instance": victim.instance, "leases_held": held,
-                    "down_s": plan.fault_s}  # fmt: skip
+                    "killed_ms": round(killed_ms), "restarted_ms": round(time.time() * 1000)}  # fmt: skip
         if name == "redis-restart-persistent":
             started = time.monotonic()
             cluster.redis.restart_keeping_data(down_s=2.0)
-            return {"down_s": round(time.monotonic() - started, 2), "persistence": "SHUTDOWN SAVE (RDB)"}
+            return {
+                "back_ms": round(time.time() * 1000),
+                "down_s": round(time.monotonic() - started, 2),
+                "persistence": "SHUTDOWN SAVE (RDB)",
+            }
         if name == "redis-restart-lost":
             started = time.monotonic()
             cluster.redis.restart_losing_data(down_s=2.0)
-            return {"down_s": round(time.monotonic() - started, 2), "persistence": "none (SIGKILL, no file)"}
+            return {
+                "back_ms": round(time.time() * 1000),
+                "down_s": round(time.monotonic() - started, 2),
+                "persistence": "none (SIGKILL, no file)",
+            }
         if name == "hq-drops":
             cluster.sim.faults({"drop_every": 15})
             time.sleep(plan.fault_s)
