@@ -131,6 +131,7 @@ class Soak:
         self.say = say
         self._redis = redis.Redis.from_url(cluster.redis.url, socket_timeout=2, socket_connect_timeout=1)
         self._vid = 0
+        self._logged: dict[str, int] = {}
 
     def _specs(self, conversations: list[str], n: int, role: str, **extra: Any) -> list[SoakSpec]:
         ports = self.cluster.ports
@@ -150,6 +151,19 @@ class Soak:
                 )
             )
         return specs
+
+    def _log_counts(self) -> dict[str, int]:
+        """Lines of the gateways' logs naming each problem during this phase (the logs span the run)."""
+        patterns = {
+            "journal_unavailable": b"JournalUnavailable",
+            "journal_conflict": b"JournalConflict",
+            "max_connections": b"MaxConnectionsError",
+            "tracebacks": b"Traceback",
+        }
+        totals = {k: sum(g.log_lines(p) for g in self.cluster.gateways) for k, p in patterns.items()}
+        counts = {k: v - self._logged.get(k, 0) for k, v in totals.items()}
+        self._logged = totals
+        return counts
 
     def _live_ports(self) -> list[int]:
         return [g.port for g in self.cluster.gateways if g.alive] or self.cluster.ports
@@ -304,11 +318,7 @@ class Soak:
                 "connected_at_end": behind.get("connected", 0),
                 "recorder_errors": recorder.errors,
                 "cpu_s_cluster_survivors": round(cpu, 2),
-                "gateway_log": {
-                    "journal_unavailable": sum(g.log_lines(b"JournalUnavailable") for g in cluster.gateways),
-                    "max_connections": sum(g.log_lines(b"MaxConnectionsError") for g in cluster.gateways),
-                    "tracebacks": sum(g.log_lines(b"Traceback") for g in cluster.gateways),
-                },
+                "gateway_log": self._log_counts(),
             }
         )
         return row
