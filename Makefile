@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench soak clean venv stack rabbitmq-stomp lock test-latest
+.PHONY: demo run test lint fmt bench bench-journal soak clean venv stack rabbitmq-stomp lock test-latest
 
 venv: $(STAMP)
 
@@ -35,8 +35,9 @@ test-latest: $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	.venv-latest/bin/python -m pip freeze --exclude hq-gateway | diff $(LOCK) - | grep '^[<>]' || echo "newest releases = the lock"
 	.venv-latest/bin/python -m pytest -q
 
+# make demo PORT=8081 SIM_PORT=8091: other ports for the gateway (default 8080) and the simulator (8090).
 demo: $(STAMP) vendor
-	$(BIN)/hq-gateway demo
+	$(BIN)/hq-gateway demo $(if $(PORT),--port $(PORT)) $(if $(SIM_PORT),--simulator-port $(SIM_PORT))
 
 # The docker-compose.yml topology from local binaries (redis-server, RabbitMQ, simulator, 2 gateways).
 stack: $(STAMP) vendor
@@ -82,8 +83,13 @@ rabbitmq-stomp:
 	@if command -v rabbitmq-plugins >/dev/null 2>&1; then rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp >/dev/null 2>&1 || true; fi
 
 # Lint first: CI fails on lint errors (ruff and mypy are pinned in the dev extra).
+# Then the integration suite once more with the server hooks off (plain ASGI, uvicorn's stock protocols):
+# the fallback stays correct. Left out: tests that run uvicorn in-process and choose their protocols.
+HOOKS_OFF_SKIP := $(addprefix --ignore=tests/integration/,test_server_hooks.py test_connection_layer.py test_sockjs_http.py)
+
 test: lint $(NODE_STAMP) rabbitmq-stomp vendor chromium
 	$(BIN)/python -m pytest -q
+	GATEWAY_SERVER_HOOKS=off $(BIN)/python -m pytest -q tests/integration $(HOOKS_OFF_SKIP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests benchmarks
@@ -103,6 +109,10 @@ $(BENCH_STAMP): $(STAMP)
 # BENCH_ARGS=--quick (a few minutes) | --full (10,000 idle viewers, 15+ minutes) | --no-profile (skip py-spy)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Memory journal: bytes kept per envelope (tracemalloc) and gateway RSS across rounds of expiring conversations.
+bench-journal: $(STAMP)
+	$(BIN)/python -m benchmarks.journal_memory
 
 # Issue 14's soak: redis-server + 2 gateways + >= 2,000 viewers under faults, every viewer checked event by event.
 # Never part of make test. SOAK_ARGS=--quick (300 viewers, ~3 minutes) | --phases lease-kill,hq-drops

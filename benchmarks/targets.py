@@ -208,7 +208,11 @@ class Server:
         if target.server == "cluster":
             from benchmarks.soak.cluster import Cluster  # imports this module
 
-            env = {"GATEWAY_HQ_LINGER_S": "2", "GATEWAY_LOG_LEVEL": "warning"}
+            env = {
+                "GATEWAY_HQ_LINGER_S": "2",
+                "GATEWAY_LOG_LEVEL": "warning",
+                "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",
+            }
             self._cluster = Cluster(log_dir, gateways=2, extra_env=env, sim=sim, log_level="warning")
             self.ports = self._cluster.ports
             self.port = self.ports[0]
@@ -230,6 +234,7 @@ class Server:
                 "GATEWAY_HQ_LINGER_S": "2",
                 "GATEWAY_LOG_LEVEL": "warning",
                 "GATEWAY_LIMITS_MAX_CONNECTIONS_PER_CLIENT": "0",  # every viewer comes from 127.0.0.1
+                "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",  # 1,000 conversations opened from there too
             }
             args = python_module("gateway.cli", "serve")
             ready = f"http://{HOST}:{self.port}/healthz"

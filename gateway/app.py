@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,11 +18,13 @@ from gateway.api import bridge, conversation, health
 from gateway.api.console import console_routes
 from gateway.api.cors import ApiCors
 from gateway.auth import Authenticator
+from gateway.clientaddr import ClientAddress, ForwardedClient, parse_trusted
 from gateway.config import Settings
 from gateway.limits import ClientConnectionLimit, TokenBuckets, refusals_counter
 from gateway.metrics import metrics_endpoint
 from gateway.runtime import Gateway
 from gateway.transports.pipe import ConnectionInfo, Pipe
+from gateway.transports.server_hooks import HOOKS, RequestHeadLimit, hooks_for
 from gateway.transports.sockjs_http import sockjs_routes
 from gateway.transports.sse_endpoint import stream_endpoint
 from gateway.transports.stomp_connection import StompConnection
@@ -77,6 +81,23 @@ class GatewayApp(Starlette):
         return super().__call__(scope, receive, send)
 
 
+ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route, wrong method, missing file) answer JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    code = ERROR_CODES.get(exc.status_code, "http_error")
+    message = exc.detail
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no such resource: {request.url.path[:200]}"
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        message = f"{request.method[:20]} is not allowed on {request.url.path[:200]}"
+    return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _sse_app(scope: Scope, receive: Receive, send: Send) -> None:
     response = await stream_endpoint(Request(scope, receive))
     await response(scope, receive, send)
@@ -117,9 +138,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     )
     gw.on_drain.append(stomp.server.close_all)
 
+    hooks = hooks_for(settings)
+
     def guards(inner: ASGIApp) -> ASGIApp:
-        limited = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
-        return ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        limited: ASGIApp = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)
+        if not hooks.active:  # otherwise the HTTP protocol hook bounds heads as they arrive
+            limited = RequestHeadLimit(limited, settings.max_header_bytes)
+        limit = ClientConnectionLimit(limited, limit=settings.max_connections_per_client, refusals=refusals)
+        return ForwardedClient(limit, ClientAddress(parse_trusted(settings.trusted_proxies)))
 
     def streams(scope: Scope) -> ASGIApp | None:
         if scope["type"] == "websocket":
@@ -129,8 +155,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
             return _sse_app
         return None
 
-    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams)
+    app = GatewayApp(routes=[*routes(), *console_routes(), *stomp], lifespan=lifespan, guards=guards, streams=streams,
+                     exception_handlers={HTTPException: http_error})  # fmt: skip
     app.state.gateway = gw
+    app.state.server_hooks = hooks
+    for hook in HOOKS:
+        gw.metrics.server_hooks.labels(hook).set(int(hooks.active))
     app.state.auth = auth
     app.state.submit_limiter = TokenBuckets(settings.submit_rate_per_s, settings.submit_burst)
     app.state.refusals = refusals

@@ -5,52 +5,89 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import gc
+import logging
 import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from gateway import __version__
 from gateway.auth import ALL, Scope, mint_token
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.ids import BadRequest, conversation_id
 from gateway.logs import configure
-from gateway.transports.http_head import bounded_http_protocol
-from gateway.transports.server import AbortableWebSocketProtocol
+from gateway.transports.server_hooks import ServerHooks
 
 DEFAULT_CONFIG = "config/gateway.toml"
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn, but viewers are told before connections are drained, and peers stop together."""
+    """uvicorn, but viewers are told before connections are drained, it says where it listens once
+    started, and peers (the demo's simulator) stop after it, so no upstream sees HQ vanish first."""
 
-    def __init__(self, config: uvicorn.Config, gateway: Any, peers: tuple[uvicorn.Server, ...] = ()) -> None:
+    def __init__(
+        self, config: uvicorn.Config, gateway: Any, peers: tuple[uvicorn.Server, ...] = (), banner: str = ""
+    ) -> None:
         super().__init__(config)
         self._gateway = gateway
         self._peers = peers
+        self._banner = banner
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        for peer in self._peers:
-            peer.should_exit = True
-        super().handle_exit(sig, frame)
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._banner:
+            print(self._banner, flush=True)
 
     async def shutdown(self, sockets: Any = None) -> None:
         if self._gateway is not None:
             await self._gateway.drain()
         await super().shutdown(sockets)
 
+    async def _serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super()._serve(sockets)
+        finally:
+            # Peers stop once the gateway's upstreams are closed, and finish before uvicorn re-raises
+            # the captured Ctrl+C (which would cancel them mid-shutdown).
+            for peer in self._peers:
+                peer.should_exit = True
+            waits = [peer.stopped.wait() for peer in self._peers if isinstance(peer, QuietServer)]
+            if waits:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10):
+                        await asyncio.gather(*waits)
+
+
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("quiet_uvicorn", default=False)
+
+
+class _QuietFilter(logging.Filter):
+    """Drops uvicorn's INFO lines logged from a QuietServer's tasks (the demo prints its lines once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not _QUIET.get()
+
 
 class QuietServer(uvicorn.Server):
-    """A second server in the same process: the first one owns the signal handlers."""
+    """A second server in the same process: the first one owns the signal handlers and the startup lines."""
 
     def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self._drain = drain
+        self.stopped = asyncio.Event()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        _QUIET.set(True)  # this task and the ones it starts (lifespan, connections) log no INFO lines
+        try:
+            await super().serve(sockets)
+        finally:
+            self.stopped.set()
 
     async def shutdown(self, sockets: Any = None) -> None:
         if self._drain is not None:
@@ -65,8 +102,12 @@ class QuietServer(uvicorn.Server):
 def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settings | None = None) -> uvicorn.Config:
     limits: dict[str, Any] = {}
     if settings is not None:  # hostile input: bounded request heads and WebSocket messages
+        hooks: ServerHooks = app.state.server_hooks
+        off_by_request = hooks.active or settings.server_hooks == "off"
+        logging.getLogger("gateway.server").log(logging.INFO if off_by_request else logging.WARNING, hooks.describe())
         limits = {
-            "http": bounded_http_protocol(settings.max_header_bytes),
+            "http": hooks.http,
+            "ws": hooks.ws,
             "h11_max_incomplete_event_size": settings.max_header_bytes,
             "ws_max_size": settings.stomp_max_frame_bytes + 1024,
             "ws_per_message_deflate": settings.websocket_compression,
@@ -79,8 +120,8 @@ def _uvicorn_config(app: Any, host: str, port: int, level: str, settings: Settin
         log_level=level,
         lifespan="on",
         timeout_graceful_shutdown=5,
-        ws=AbortableWebSocketProtocol,
         access_log=False,
+        proxy_headers=False,  # forwarded headers are honoured by gateway.clientaddr, from trusted proxies only
         **limits,
     )
 
@@ -91,26 +132,34 @@ def _load(path: str | None) -> Settings:
     return load_settings(path)
 
 
-def listen_socket(settings: Settings) -> socket.socket:
+def listen_socket(settings: Settings, *, setting: str = "GATEWAY_HOST/GATEWAY_PORT") -> socket.socket:
     """The listening socket; accepted viewer sockets inherit its SO_SNDBUF (Linux).
 
     A bounded kernel send buffer keeps a slow viewer's backlog in the gateway's own queue, where
     reply deltas can be coalesced, instead of megabytes of kernel memory nobody can merge.
     """
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    return bind_socket(settings.host, settings.port, setting, settings.socket_sndbuf_bytes)
+
+
+def bind_socket(host: str, port: int, setting: str, sndbuf: int = 0) -> socket.socket:
+    """A bound socket, or a ConfigError naming ``setting`` (a busy port is one clear line, not a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if settings.socket_sndbuf_bytes:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_sndbuf_bytes)
+    if sndbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(
-            f"GATEWAY_HOST/GATEWAY_PORT: cannot listen on {settings.host}:{settings.port}: {exc}"
-        ) from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{setting}: cannot listen on {host}:{port}: {reason}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def tune_gc() -> None:
@@ -134,12 +183,25 @@ def _serve(settings: Settings) -> int:
     app = create_app(settings)
     gw = app.state.gateway
     tune_gc()
-    server = GatewayServer(_uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), gw)
+    banner = f"hq-gateway {__version__} listening on {_base_url(settings.host, settings.port)}"
+    config = _uvicorn_config(app, settings.host, settings.port, settings.log_level, settings)
+    server = GatewayServer(config, gw, banner=banner)
     server.run(sockets=[sock])
     return 0
 
 
-async def _demo(settings: Settings, sim_port: int) -> None:
+def _demo(settings: Settings, sim_port: int) -> None:
+    # Both ports first: a busy one is one line naming the option, before anything starts or prints.
+    gw_sock = listen_socket(settings, setting="GATEWAY_PORT (make demo PORT=…)")
+    try:
+        sim_sock = bind_socket("127.0.0.1", sim_port, "--simulator-port (make demo SIM_PORT=…)")
+    except ConfigError:
+        gw_sock.close()
+        raise
+    asyncio.run(_run_demo(settings, sim_port, gw_sock, sim_sock))
+
+
+async def _run_demo(settings: Settings, sim_port: int, gw_sock: socket.socket, sim_sock: socket.socket) -> None:
     from gateway.app import create_app
     from gateway.simulator.app import SimulatorConfig, simulated_hq
     from gateway.simulator.app import create_app as create_simulator
@@ -147,22 +209,23 @@ async def _demo(settings: Settings, sim_port: int) -> None:
     settings = settings.replace(hq_base_url=f"http://127.0.0.1:{sim_port}")
     sim_app = create_simulator(SimulatorConfig(token=settings.hq_token))
     sim = QuietServer(_uvicorn_config(sim_app, "127.0.0.1", sim_port, "warning"), simulated_hq(sim_app).aclose)
+    logging.getLogger("uvicorn.error").addFilter(_QuietFilter())
     app = create_app(settings)
     tune_gc()
-    gw_server = GatewayServer(
-        _uvicorn_config(app, settings.host, settings.port, settings.log_level, settings), app.state.gateway, (sim,)
+    base = _base_url(settings.host, settings.port)
+    banner = (
+        f"\n  hq-gateway {__version__} demo\n  gateway:   {base}\n  console:   {base}/console"
+        f"\n  simulator: http://127.0.0.1:{sim_port} (the built-in HQ)"
+        f"\n  try:       curl -N {base}/api/v1/conversation/stream/9bf7540a-b129-4685-a120-730e8a0cb94b\n"
     )
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"\n  hq-gateway demo\n  console:   {base}/console\n  simulator: http://127.0.0.1:{sim_port}"
-        f"\n  try:       curl -N {base}/api/v1/conversation/stream/9bf7540a-b129-4685-a120-730e8a0cb94b\n",
-        flush=True,
-    )
-    await asyncio.gather(sim.serve(), gw_server.serve(sockets=[listen_socket(settings)]))
+    config = _uvicorn_config(app, settings.host, settings.port, settings.log_level, settings)
+    gw_server = GatewayServer(config, app.state.gateway, (sim,), banner=banner)
+    await asyncio.gather(sim.serve(sockets=[sim_sock]), gw_server.serve(sockets=[gw_sock]))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hq-gateway", description="HQ conversation-stream gateway")
+    p.add_argument("--version", action="version", version=f"hq-gateway {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway.")
     serve.add_argument("--config", help=f"TOML settings file (default {DEFAULT_CONFIG} when present)")
@@ -172,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(sim)
     demo = sub.add_parser("demo", help="gateway + simulator + console, memory store", description="Run the demo.")
     demo.add_argument("--config", help="TOML settings file")
+    demo.add_argument("--port", type=int, help="port of the gateway (default GATEWAY_PORT, else 8080)")
     demo.add_argument("--simulator-port", type=int, default=8090, help="port of the simulator (8090)")
     token = sub.add_parser(
         "token", help="print a signed viewer JWT (auth mode jwt)", description="Print a signed viewer JWT."
@@ -218,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = _load(args.config)
         if args.command == "demo":
             settings = settings.replace(redis_url="")
+            if args.port is not None:
+                settings = settings.replace(port=args.port)
     except ConfigError as exc:
         print(f"hq-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -227,10 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         configure(settings.log_level, settings.log_format)
         if args.command == "serve":
             return _serve(settings)
-        asyncio.run(_demo(settings, args.simulator_port))
+        _demo(settings, args.simulator_port)
     except ConfigError as exc:
         print(f"hq-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl+C once its graceful shutdown is over: nothing left to report.
+        return 130
     return 0
 
 

@@ -15,17 +15,12 @@ from typing import Any
 
 import redis.asyncio
 
+from gateway.backoff import Backoff
 from gateway.envelope import Envelope
+from gateway.journal.availability import UNAVAILABLE, JournalUnavailable, unavailable_as_error
 from gateway.journal.base import Journal, JournalHead
-from gateway.journal.redis import (
-    UNAVAILABLE,
-    JournalUnavailable,
-    RedisJournal,
-    conversation_key,
-    decode_entry,
-    unavailable_as_error,
-)
-from gateway.upstream.client import Backoff
+from gateway.journal.keys import conversation_key
+from gateway.journal.redis import RedisJournal, decode_entry
 
 log = logging.getLogger("gateway.cluster")
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.bridge.target import parse_broker_url, parse_pin_policy
+from gateway.clientaddr import parse_trusted
 from gateway.errors import ConfigError
 
 _Check = Callable[[Any], str | None]
@@ -89,6 +90,14 @@ def _broker_url(v: Any) -> str | None:
     return None
 
 
+def _proxies(v: Any) -> str | None:
+    try:
+        parse_trusted(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _pin_list(v: Any) -> str | None:
     try:
         parse_pin_policy(v)
@@ -105,6 +114,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("public_url", "server", "public_url", str, ""),
     Setting("socket_sndbuf_bytes", "server", "socket_sndbuf_bytes", int, 131072, _range(0, 64 << 20)),
     Setting("websocket_compression", "server", "websocket_compression", bool, False),
+    Setting("server_hooks", "server", "server_hooks", str, "on", _one_of("on", "off")),
+    Setting("trusted_proxies", "server", "trusted_proxies", str, "", _proxies),
     Setting("hq_base_url", "hq", "base_url", str, "http://127.0.0.1:8090", _url("http", "https")),
     Setting("hq_token", "hq", "token", str, "hq_pat_simulator"),
     Setting("hq_connect_timeout_s", "hq", "connect_timeout_s", float, 5.0, _range(0.1, 120)),
@@ -112,6 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hq_backoff_initial_s", "hq", "backoff_initial_s", float, 0.25, _range(0.001, 60)),
     Setting("hq_backoff_max_s", "hq", "backoff_max_s", float, 15.0, _range(0.01, 600)),
     Setting("hq_linger_s", "hq", "linger_s", float, 30.0, _range(0, 3600)),
+    Setting("hq_attach_timeout_s", "hq", "attach_timeout_s", float, 5.0, _range(0.1, 120)),
     Setting("redis_url", "redis", "url", str, "", _url("redis", "rediss", "unix", optional=True)),
     Setting("redis_key_prefix", "redis", "key_prefix", str, "hqgw"),
     Setting("redis_lease_ttl_ms", "redis", "lease_ttl_ms", int, 5000, _range(500, 600_000)),
@@ -121,6 +133,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis_outage_notice_s", "redis", "outage_notice_s", float, 5.0, _range(0.1, 3600)),
     Setting("journal_max_events", "journal", "max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("journal_max_age_s", "journal", "max_age_s", float, 86_400.0, _range(1, 365 * 86_400)),
+    Setting("journal_max_conversations", "journal", "max_conversations", int, 10_000, _range(1, 10_000_000)),
     Setting("replay_max_events", "journal", "replay_max_events", int, 10_000, _range(1, 10_000_000)),
     Setting("queue_max_messages", "hub", "queue_max_messages", int, 1_000, _range(1, 1_000_000)),
     Setting("queue_max_bytes", "hub", "queue_max_bytes", int, 1 << 20, _range(1024, 1 << 30)),
@@ -151,8 +164,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_hq_cache_size", "auth", "hq_cache_size", int, 10_000, _range(1, 10_000_000)),
     Setting("max_connections_per_client", "limits", "max_connections_per_client", int, 1000, _range(0, 1_000_000)),
     Setting("max_header_bytes", "limits", "max_header_bytes", int, 16 * 1024, _range(1024, 1 << 20)),
+    Setting("request_head_timeout_s", "limits", "request_head_timeout_s", float, 20.0, _range(0.05, 300)),
     Setting("submit_rate_per_s", "limits", "submit_rate_per_s", float, 2.0, _range(0.001, 100_000)),
     Setting("submit_burst", "limits", "submit_burst", int, 20, _range(1, 100_000)),
+    Setting("upstream_activations_per_s", "limits", "upstream_activations_per_s", float, 2.0, _range(0.001, 100_000)),
+    Setting("upstream_activation_burst", "limits", "upstream_activation_burst", int, 100, _range(0, 10_000_000)),
+    Setting("max_upstreams", "limits", "max_upstreams", int, 10_000, _range(0, 10_000_000)),
     Setting("bridge_url", "bridge", "url", str, "", _broker_url),
     Setting(
         "bridge_destination",
@@ -189,6 +206,8 @@ class Settings:
     public_url: str = ""
     socket_sndbuf_bytes: int = 131072
     websocket_compression: bool = False
+    server_hooks: str = "on"
+    trusted_proxies: str = ""
     hq_base_url: str = "http://127.0.0.1:8090"
     hq_token: str = field(default="hq_pat_simulator", repr=False)
     hq_connect_timeout_s: float = 5.0
@@ -196,6 +215,7 @@ class Settings:
     hq_backoff_initial_s: float = 0.25
     hq_backoff_max_s: float = 15.0
     hq_linger_s: float = 30.0
+    hq_attach_timeout_s: float = 5.0
     redis_url: str = ""
     redis_key_prefix: str = "hqgw"
     redis_lease_ttl_ms: int = 5000
@@ -205,6 +225,7 @@ class Settings:
     redis_outage_notice_s: float = 5.0
     journal_max_events: int = 10_000
     journal_max_age_s: float = 86_400.0
+    journal_max_conversations: int = 10_000
     replay_max_events: int = 10_000
     queue_max_messages: int = 1_000
     queue_max_bytes: int = 1 << 20
@@ -235,8 +256,12 @@ class Settings:
     auth_hq_cache_size: int = 10_000
     max_connections_per_client: int = 1000
     max_header_bytes: int = 16 * 1024
+    request_head_timeout_s: float = 20.0
     submit_rate_per_s: float = 2.0
     submit_burst: int = 20
+    upstream_activations_per_s: float = 2.0
+    upstream_activation_burst: int = 100
+    max_upstreams: int = 10_000
     bridge_url: str = field(default="", repr=False)  # may carry the broker password
     bridge_destination: str = "/topic/convengine.audit.{conversationId}"
     bridge_pin: str = ""

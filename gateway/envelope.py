@@ -213,6 +213,12 @@ def iso_ms(ms: int) -> str:
     return f"{_ISO_SECOND[1]}{milli:03d}Z"
 
 
+def _exact(data: bytes) -> bytes:
+    """An exactly sized copy: orjson's output keeps its whole write buffer allocated (measured with orjson
+    3.13: 8 KiB of RSS for a 1.3 KiB envelope, 4 KiB for a tiny one), and journaled envelopes live long."""
+    return bytes(memoryview(data))
+
+
 def normalize(
     event: HqEvent,
     *,
@@ -286,6 +292,6 @@ def normalize(
     user_body = None
     if rule.strip_user and any(k in fields for k in rule.strip_user):
         payload = {k: v for k, v in body["payload"].items() if k not in rule.strip_user}
-        user_body = orjson.dumps({**body, "payload": payload})
-    envelope = Envelope(seq, stage, orjson.dumps(body), now_ms, rule.scope, user_body)
+        user_body = _exact(orjson.dumps({**body, "payload": payload}))
+    envelope = Envelope(seq, stage, _exact(orjson.dumps(body)), now_ms, rule.scope, user_body)
     return envelope, turn

@@ -34,3 +34,7 @@ class UpstreamFatal(GatewayError):
 
 class JournalUnavailable(GatewayError):
     """The journal's store did not answer (Redis down, restarting, pool exhausted); the outcome is unknown."""
+
+
+class UpstreamUnavailable(GatewayError):
+    """A transient failure: connection refused, 5xx, wrong content type, stream cut or stalled."""

@@ -424,6 +424,10 @@ class Hub:
                 log.exception("telling a viewer of %s failed", conversation_id)
         return len(subs)
 
+    def forget(self, conversation_id: str) -> None:
+        """Drop the conversation's turn view (its journal was retired); a later snapshot rebuilds it."""
+        self._views.pop(conversation_id, None)
+
     def viewers(self, conversation_id: str) -> int:
         return len(self._topics.get(conversation_id, ()))
 

@@ -40,6 +40,11 @@ class TokenBuckets:
         return wait
 
 
+def limit_key(auth_mode: str, subject: str, client_host: str) -> str:
+    """Whose bucket a request draws from: the viewer's subject, or its address when nobody is authenticated."""
+    return f"addr:{client_host}" if auth_mode == "none" else subject
+
+
 def refusals_counter(registry: CollectorRegistry | None) -> PromCounter:
     return PromCounter("hqgw_refusals", "Requests refused before reaching a viewer, by reason", ["reason"],
                        registry=registry)  # fmt: skip

@@ -8,22 +8,33 @@ import re
 import time
 
 _BEARER = re.compile(
-    r"(Bearer\s+|hq_pat_|access_token=|passcode:\s*|authorization:\s*(?:bearer\s+|basic\s+)?|session=|token=)[A-Za-z0-9._~+/=%-]+",
+    r"(Bearer\s+|hq_pat_|access_token=|passcode:\s*|authorization:\s*(?:bearer\s+|basic\s+)?|token=|\w+_session=)[A-Za-z0-9._~+/=%-]+",
     re.IGNORECASE,
 )
 # A JWT anywhere (header.payload.signature, base64url; the header always starts with '{"' → eyJ).
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
+# Control characters (C0, DEL, C1) and Unicode line breaks: a client-supplied value (a STOMP header
+# with an escaped newline, a URL) must never end the line it is logged on and start a forged one.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+_CONTROL.pop(0x09)  # a tab cannot start a line
+
+
 def scrub(text: str) -> str:
     return _JWT.sub("eyJ***", _BEARER.sub(lambda m: m.group(1) + "***", text))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character escaped (``\\x0a``)."""
+    return text.translate(_CONTROL)
 
 
 class _ScrubFilter(logging.Filter):
     """Last line of defence: no token shape survives into a log record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        record.msg = one_line(scrub(record.getMessage()).rstrip("\r\n"))
         record.args = None
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text: the traceback (exception messages included) is scrubbed too.

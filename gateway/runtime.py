@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from gateway.backoff import Backoff
 from gateway.bridge.redis_store import RedisCursorStore, RedisPinStore
 from gateway.bridge.relay import Bridge
 from gateway.config import Settings
@@ -24,8 +25,9 @@ from gateway.journal.base import Journal
 from gateway.journal.batched import BatchedReads
 from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
+from gateway.limits import TokenBuckets
 from gateway.metrics import Metrics
-from gateway.upstream.client import Backoff, HqClient
+from gateway.upstream.client import HqClient
 from gateway.upstream.clustered import ClusteredConversation
 from gateway.upstream.registry import Activation, UpstreamRegistry
 from gateway.upstream.supervisor import ConversationUpstream, Sink
@@ -99,7 +101,10 @@ class Gateway:
                                    max_age_s=settings.journal_max_age_s)  # fmt: skip
             # A thousand viewers joining at once cost one head call, not a thousand.
             hub_journal = BatchedReads(journal)
-        self.journal: Journal = journal or MemoryJournal(settings.journal_max_events, settings.journal_max_age_s)
+        if journal is None:
+            journal = MemoryJournal(settings.journal_max_events, settings.journal_max_age_s,
+                                    max_conversations=settings.journal_max_conversations)  # fmt: skip
+        self.journal: Journal = journal
         self.hub = Hub(hub_journal or self.journal, settings.queue_max_messages, settings.queue_max_bytes,
                        settings.replay_max_events)  # fmt: skip
         self.data_loss: tuple[float, str] | None = None  # (when, what) Redis lost under us, for /readyz
@@ -109,7 +114,15 @@ class Gateway:
             settings.hq_base_url, settings.hq_token, settings.hq_connect_timeout_s, settings.hq_idle_timeout_s
         )
         self.sink = LocalSink(self.journal, self.hub, self.metrics)
-        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s)
+        activations = None
+        if settings.upstream_activation_burst:
+            activations = TokenBuckets(settings.upstream_activations_per_s, settings.upstream_activation_burst)
+        self.upstreams = UpstreamRegistry(self._new_upstream, settings.hq_linger_s,
+                                          max_upstreams=settings.max_upstreams, activations=activations)  # fmt: skip
+        if isinstance(self.journal, MemoryJournal):
+            self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
+            self.journal.on_retired = self.hub.forget
+        self.metrics.conversations.set_function(self._active_conversations)
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -177,17 +190,23 @@ class Gateway:
         self.data_loss = (time.monotonic(), detail)
         self.metrics.redis_data_loss.inc()
 
+    def _active_conversations(self) -> int:
+        """hqgw_active_conversations: conversations whose upstream runs or lingers in this process."""
+        return sum(1 for state in self.upstreams.states().values() if state not in ("stopped", "failed"))
+
     def _leads(self, conversation_id: str) -> bool:
         """Cluster mode: whether this process holds the conversation's upstream lease."""
         activation = self.upstreams.get(conversation_id)
         return isinstance(activation, ClusteredConversation) and activation.is_leader
 
     async def start(self) -> None:
-        """Background duties of a running process (the Redis health probe in cluster mode)."""
+        """Background duties of a running process (Redis health probe, memory journal sweep)."""
         # Lease values name the instance: this line maps a lease holder to its PID (make soak kills it).
         log.info("gateway instance %s pid %d", self.instance_id, os.getpid())
         if self.redis is not None:
             self.spawn(self._watch_redis(), name="redis-health")
+        if isinstance(self.journal, MemoryJournal):  # expiry must not wait for someone to read
+            self.spawn(self.journal.run_sweeper(), name="journal-sweep")
 
     async def _watch_redis(self) -> None:
         assert self.redis is not None
@@ -233,6 +252,7 @@ class Gateway:
                 "detail": {s: sum(1 for v in states.values() if v == s) for s in set(states.values())},
             },
         }
+        checks["hq"] = self.hq.state.readiness()
         if self.bridge is not None:
             checks["bridge"] = self.bridge.readiness()
         return checks

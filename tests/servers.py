@@ -15,6 +15,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tests.waiting import wait_until
+
+__all__ = ["ServerProcess", "free_port", "python_module", "start_process", "wait_until"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,15 +27,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02, what: str = "") -> None:
-    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class ServerProcess:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -54,6 +55,29 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+VENDOR_MISSING = (
+    "the console's vendored STOMP bundles are not installed: run `make vendor` "
+    "(the console works over SSE without them)"
+)
+
+
+class _Vendor:
+    """``/console/vendor/``: a missing bundle is a 404 saying to run ``make vendor`` (never a 500)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not VENDOR_DIR.is_dir():
+            raise HTTPException(404, VENDOR_MISSING)
+        try:
+            await self.app(scope, receive, send)
+        except HTTPException as exc:
+            if exc.status_code != 404:
+                raise
+            raise HTTPException(404, f"no such file in /console/vendor/; {VENDOR_MISSING}") from None
+
+
 async def console_page(request: Request) -> Response:
     return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
@@ -69,6 +93,6 @@ def console_routes() -> list[BaseRoute]:
     return [
         Route("/console", console_page, methods=["GET"]),
         Route("/console/", console_slash, methods=["GET"]),
-        Mount("/console/vendor", _SecurityHeaders(StaticFiles(directory=VENDOR_DIR, check_dir=False))),
+        Mount("/console/vendor", _Vendor(_SecurityHeaders(StaticFiles(directory=VENDOR_DIR, check_dir=False)))),
         Mount("/console", _SecurityHeaders(StaticFiles(directory=CONSOLE_DIR, check_dir=False))),
     ]

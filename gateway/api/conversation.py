@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
 import uuid
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.ids import BadRequest, conversation_id, seq_cursor
-from gateway.limits import TokenBuckets
+from gateway.limits import TokenBuckets, limit_key
 from gateway.runtime import Gateway
 from gateway.trace import build_trace
+from gateway.transports.sse_endpoint import activation_refused_response
 from gateway.upstream.client import UpstreamUnavailable
+from gateway.upstream.clustered import ClusteredConversation
+from gateway.upstream.registry import Activation, ActivationRefused
 from gateway.upstream.supervisor import UpstreamState
+
+log = logging.getLogger("gateway.api")
 
 MAX_BODY = 1 << 20
 MAX_MESSAGE_CHARS = 100_000
-ATTACH_TIMEOUT_S = 5.0
 TURN_HOLD_S = 900.0
 MAX_PAGE = 1000
 
@@ -78,8 +84,16 @@ def _rate_limited(request: Request, principal: Principal) -> Response | None:
     )
 
 
+def _who(request: Request, principal: Principal) -> str:
+    auth: Authenticator = request.app.state.auth
+    return limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
+
+
 def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | None, list[Any] | None]:
-    conv = conversation_id(str(body.get("conversationId", "")))
+    if "conversationId" not in body:
+        hint = " (not conversation_id)" if "conversation_id" in body else ""
+        raise BadRequest(f"conversationId is missing{hint}: the conversation's UUID")
+    conv = conversation_id(str(body["conversationId"]))
     message = body.get("message")
     if not isinstance(message, str) or not message.strip():
         raise BadRequest("message must be a non-empty string")
@@ -98,7 +112,32 @@ def _submission(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], str | N
 
 
 async def post_message(request: Request) -> Response:
+    """Submit a turn; every answer counts once in hqgw_submissions_total{outcome}."""
     gw: Gateway = request.app.state.gateway
+    try:
+        response = await _submit(request, gw)
+    except ClientDisconnect:
+        # The caller hung up mid-body: nobody reads an answer, nothing was submitted.
+        log.info("submission abandoned: client disconnected before the body was complete")
+        gw.metrics.submissions.labels("client_gone").inc()
+        return Response(status_code=400)
+    gw.metrics.submissions.labels(_outcome(response)).inc()
+    return response
+
+
+def _outcome(response: Response) -> str:
+    """A bounded label: accepted / idempotent, or the error code the caller was given."""
+    try:
+        body = orjson.loads(bytes(response.body))
+    except orjson.JSONDecodeError:
+        return "other"
+    if response.status_code == 202:
+        return "idempotent" if body.get("idempotent") else "accepted"
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else "other"
+
+
+async def _submit(request: Request, gw: Gateway) -> Response:
     try:
         conv, message, params, key, attachments = _submission(await _json_body(request))
     except BadRequest as exc:
@@ -111,18 +150,26 @@ async def post_message(request: Request) -> Response:
     if (limited := _rate_limited(request, principal)) is not None:
         return limited
     key = key or str(uuid.uuid4())
-    upstream = gw.upstreams.hold(conv, "turn")
+    try:
+        upstream = gw.upstreams.hold(conv, "turn", who=_who(request, principal))
+    except ActivationRefused as refusal:
+        return activation_refused_response(refusal)
     released = False
     try:
-        # Attach before posting (HQ streaming guide) so the turn's first events are not missed.
-        try:
-            async with asyncio.timeout(ATTACH_TIMEOUT_S):
-                while not upstream.connected.is_set() and upstream.state is not UpstreamState.FAILED:
-                    await asyncio.wait_for(upstream.connected.wait(), 0.25)
-        except TimeoutError:
-            pass  # HQ replays from our cursor once the stream is up; submit anyway.
+        # Attach before posting (HQ streaming guide): HQ replays nothing to a fresh attach, so a turn
+        # posted before the stream is live loses its first events, or all of them.
+        attach_s = gw.settings.hq_attach_timeout_s
+        live = await _wait_live(upstream, attach_s)
         if upstream.state is UpstreamState.FAILED:
             return error(502, "upstream_refused", "HQ refused this conversation's stream")
+        if not live:
+            # Nothing was posted to HQ nor journaled: retrying (same idempotencyKey) is safe.
+            return JSONResponse(
+                {"error": "upstream_not_ready", "message": f"HQ's stream of this conversation was not live within "
+                 f"{attach_s:g} s; nothing was submitted, retry later"},
+                status_code=503,
+                headers={"Retry-After": str(max(1, math.ceil(attach_s)))},
+            )  # fmt: skip
         upstream.turn_ended.clear()
         first_time = gw.remember_submission(conv, key)
         if first_time:
@@ -159,6 +206,27 @@ async def post_message(request: Request) -> Response:
             gw.upstreams.release(conv, "turn")
 
 
+async def _wait_live(upstream: Activation, timeout: float) -> bool:
+    """True once HQ's stream of the conversation is up; False when ``timeout`` passes or HQ refused it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        # Cluster mode: "connected" on a process that does not hold the lease only says someone does;
+        # the holder's stream must be up as well (HQ replays nothing to a fresh attach).
+        if upstream.connected.is_set() and (
+            not isinstance(upstream, ClusteredConversation) or await upstream.holder_live()
+        ):
+            return True
+        remaining = deadline - loop.time()
+        if upstream.state is UpstreamState.FAILED or remaining <= 0:
+            return False
+        if upstream.connected.is_set():
+            await asyncio.sleep(min(0.1, remaining))
+        else:  # polled: FAILED sets no event. The short timeout is caught here, not taken for the whole wait.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(upstream.connected.wait(), min(0.25, remaining))
+
+
 async def _hold_until_turn_ends(gw: Gateway, conv: str, ended: asyncio.Event) -> None:
     """Keep the upstream open while a submitted turn runs, even with no viewer."""
     try:
@@ -175,13 +243,12 @@ async def audit(request: Request) -> Response:
     try:
         conv = conversation_id(request.path_params["conversationId"])
         after = seq_cursor(request.query_params.get("after"), "after") or 0
-        limit = seq_cursor(request.query_params.get("limit"), "limit") or 100
+        limit = _page_limit(request.query_params.get("limit"))
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
     principal = await authorized(request, conv)
     if isinstance(principal, Response):
         return principal
-    limit = max(1, min(limit, MAX_PAGE))
     head = await gw.journal.head(conv)
     envs = await gw.journal.read(conv, after, limit)
     last = envs[-1].seq if envs else after
@@ -193,6 +260,16 @@ async def audit(request: Request) -> Response:
         b",".join(_visible_bodies(envs, principal)),
     )
     return Response(body, media_type="application/json")
+
+
+def _page_limit(raw: str | None) -> int:
+    """``?limit=``: how many envelopes per page, 1 to MAX_PAGE (default 100)."""
+    if raw is None:
+        return 100
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {raw[:40]!r}")
+    return int(text)
 
 
 async def _reader_of_path_conversation(request: Request) -> tuple[str, Principal] | Response:

@@ -19,5 +19,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     checks = gw.readiness()
-    ready = all(c["ok"] for c in checks.values())
+    # An entry with affectsReadiness false (hq: an outage every replica shares) is reported, never
+    # a reason to pull this replica out of the load balancer.
+    ready = all(c["ok"] or not c.get("affectsReadiness", True) for c in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

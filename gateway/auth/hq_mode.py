@@ -14,16 +14,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.auth.principal import Denied, Principal, Scope
-from gateway.upstream.client import HqReply, UpstreamUnavailable
+from gateway.errors import UpstreamUnavailable
 
 MAX_IN_FLIGHT = 64  # concurrent authorization calls towards HQ
 
 
+class HqAnswer(Protocol):
+    """HQ's answer to a conversation lookup (``gateway.upstream.client.HqReply``)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def body(self) -> Any: ...
+
+
 class ConversationLookup(Protocol):
-    async def get_conversation(self, conversation_id: str, token: str | None = None) -> HqReply: ...
+    async def get_conversation(self, conversation_id: str, token: str | None = None) -> HqAnswer: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import stomp
 
+from gateway.backoff import Backoff
 from gateway.bridge.target import BrokerTarget
-from gateway.upstream.client import Backoff
 
 log = logging.getLogger("gateway.bridge")
 

@@ -14,7 +14,8 @@ import orjson
 import redis.asyncio
 
 from gateway.bridge.store import Pin, PinKind
-from gateway.journal.redis import conversation_key, unavailable_as_error
+from gateway.journal.availability import unavailable_as_error
+from gateway.journal.keys import conversation_key
 
 _ADVANCE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.bridge.link import BrokerLink, Link, Post, TlsOptions
 from gateway.bridge.pins import Pinned
 from gateway.bridge.sender import Sender
@@ -20,7 +21,6 @@ from gateway.errors import GatewayError
 from gateway.hub import Hub
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
-from gateway.upstream.client import Backoff
 from gateway.upstream.registry import UpstreamRegistry
 
 log = logging.getLogger("gateway.bridge")

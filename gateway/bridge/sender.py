@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 
+from gateway.backoff import Backoff
 from gateway.bridge.link import Link, Outgoing
 from gateway.bridge.pins import Pinned
 from gateway.bridge.store import BridgeCursorStore
@@ -22,7 +23,6 @@ from gateway.errors import GatewayError
 from gateway.hub import Hub, SubscriberStale
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
-from gateway.upstream.client import Backoff
 
 log = logging.getLogger("gateway.bridge")
 

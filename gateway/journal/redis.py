@@ -16,37 +16,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
 import redis.exceptions
 
 from gateway.envelope import Envelope
-from gateway.errors import ConfigError, JournalConflict, JournalUnavailable
+from gateway.errors import ConfigError, JournalConflict
+from gateway.journal.availability import UNAVAILABLE as UNAVAILABLE
+from gateway.journal.availability import JournalUnavailable as JournalUnavailable
+from gateway.journal.availability import unavailable_as_error as unavailable_as_error
 from gateway.journal.base import JournalHead
-
-# Failures that say "Redis is not reachable right now", as opposed to a bug in a command or script.
-UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
-
-
-__all__ = ["UNAVAILABLE", "JournalUnavailable", "RedisJournal", "conversation_key", "decode_entry"]
-
-
-@contextmanager
-def unavailable_as_error(what: str) -> Iterator[None]:
-    """Turn Redis connectivity failures into ``JournalUnavailable``."""
-    try:
-        yield
-    except UNAVAILABLE as exc:
-        raise JournalUnavailable(f"Redis unavailable during {what}: {exc}") from exc
-
-
-def conversation_key(prefix: str, conversation_id: str, kind: str) -> str:
-    """``<prefix>:{<id>}:<kind>``: the braces make every key of a conversation hash to one slot."""
-    return f"{prefix}:{{{conversation_id}}}:{kind}"
-
+from gateway.journal.keys import conversation_key as conversation_key
 
 # Shared by both scripts. Entries are dense in seq and non-decreasing in created_ms, so the first
 # entry young enough to keep is found by binary search over seq: O(log n) XRANGE probes, and one

@@ -101,17 +101,16 @@ def decode_client_payload(body: bytes | str, *, single_allowed: bool = True) -> 
     """Decode what a client sent: a JSON array of strings, or (``single_allowed``) one JSON string.
 
     Raises ``PayloadError`` with ``Payload expected.`` for an empty body or a value of the wrong
-    shape, and ``Broken JSON encoding.`` when the body is not JSON.
+    shape, and ``Broken JSON encoding.`` when the body is not JSON or holds a lone surrogate.
     """
     if not body:
         raise PayloadError(PAYLOAD_EXPECTED)
     try:
+        # orjson also refuses an escaped lone surrogate (``["\ud800"]``): such a string has no UTF-8
+        # form (RFC 7493 I-JSON §2.1), so no STOMP frame can carry it; it is broken JSON to us.
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        try:  # the stdlib accepts escaped lone surrogates, which orjson refuses
-            value = json.loads(body)
-        except (ValueError, RecursionError):
-            raise PayloadError(BROKEN_JSON) from None
+        raise PayloadError(BROKEN_JSON) from None
     if isinstance(value, str) and single_allowed:
         return [value]
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):

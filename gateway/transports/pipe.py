@@ -7,9 +7,18 @@ the handler each inbound message and, exactly once when the connection ends for 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
+log = logging.getLogger(__name__)
+
+HANDLER_TIMEOUT_S = 10.0  # bound on waiting for a handler to be built, or to hear about a close
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +59,18 @@ class PipeHandler(Protocol):
 
 
 HandlerFactory = Callable[[Pipe, ConnectionInfo], Awaitable[PipeHandler]]
+
+
+def connection_info(conn: HTTPConnection, transport: str) -> ConnectionInfo:
+    """What a handler may know about the peer of ``conn``, served by ``transport``."""
+    client = f"{conn.client.host}:{conn.client.port}" if conn.client else "unknown"
+    return ConnectionInfo(transport, client, dict(conn.headers.items()), dict(conn.query_params))
+
+
+async def notify_closed(handler: PipeHandler) -> None:
+    """Tell ``handler`` its connection ended (bounded); its failure is logged, never raised."""
+    try:
+        async with asyncio.timeout(HANDLER_TIMEOUT_S):
+            await handler.on_close()
+    except Exception:
+        log.exception("sockjs: handler on_close failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -15,12 +16,15 @@ from starlette.responses import JSONResponse, Response
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
-from gateway.hub import SubscriberStale
+from gateway.hub import Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.limits import limit_key
+from gateway.metrics import LiveLatency
 from gateway.protocols.sse import encode_comment, encode_event
-from gateway.runtime import Gateway
 from gateway.transports.server import write_body_nowait_of
+from gateway.transports.services import ViewerServices
 from gateway.transports.sse_response import SseResponse
+from gateway.upstream.registry import ActivationRefused
 
 log = logging.getLogger("gateway.sse")
 
@@ -28,7 +32,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "
 
 
 async def stream_endpoint(request: Request) -> Response:
-    gw: Gateway = request.app.state.gateway
+    gw: ViewerServices = request.app.state.gateway
     try:
         conv = conversation_id(request.path_params["conversationId"])
         # EventSource sends Last-Event-ID on its reconnects; it supersedes the URL's since_seq.
@@ -53,10 +57,25 @@ async def stream_endpoint(request: Request) -> Response:
     request_id = _request_id(request.headers.get("x-request-id"))
     hook.label = f"conversation={conv} request={request_id} client={client} subject={principal.subject}"
     hook.write_nowait = write_body_nowait_of(request.scope)
+    try:  # starting the conversation's upstream is bounded: refused before the stream begins
+        who = limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
+        gw.upstreams.hold(conv, who=who)
+    except ActivationRefused as refusal:
+        return activation_refused_response(refusal)
     frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
                      coalesce=coalesce)  # fmt: skip
     response = hook.response = SseResponse(frames, SSE_HEADERS)
+    gw.upstreams.release(conv)  # the stream's own interest holds it from its first frame on
     return response  # type: ignore[return-value]
+
+
+def activation_refused_response(refusal: ActivationRefused) -> JSONResponse:
+    """429 naming the limit, with Retry-After (SSE attach and REST submit)."""
+    return JSONResponse(
+        {"error": refusal.code, "message": refusal.message, "limit": refusal.setting},
+        status_code=429,
+        headers={"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))},
+    )
 
 
 class _AbortHook:
@@ -77,10 +96,12 @@ class _AbortHook:
 class _DirectSse:
     """The SSE fan-out fast path: an idle viewer's frame is written from publish, no task wake-up."""
 
-    __slots__ = ("delivered", "user", "write")
+    __slots__ = ("delivered", "live", "sub", "user", "write")
 
-    def __init__(self, write: Callable[[bytes], bool], user: bool, delivered: Counter) -> None:
-        self.write, self.user, self.delivered = write, user, delivered
+    def __init__(
+        self, write: Callable[[bytes], bool], user: bool, delivered: Counter, live: LiveLatency, sub: Subscriber
+    ) -> None:
+        self.write, self.user, self.delivered, self.live, self.sub = write, user, delivered, live, sub
 
     def __call__(self, env: Envelope) -> bool:
         if self.user:
@@ -92,6 +113,7 @@ class _DirectSse:
         if not self.write(frame):
             return False
         self.delivered.inc()
+        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, (env,))
         return True
 
     def batch(self, envs: list[Envelope]) -> bool:
@@ -99,7 +121,8 @@ class _DirectSse:
         data = _render(envs, self.user)
         if data and not self.write(data):
             return False
-        self.delivered.inc(len(envs))
+        self.delivered.inc(_shown(envs, self.user))
+        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, envs)
         return True
 
 
@@ -116,6 +139,11 @@ def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
     return raw
 
 
+def _shown(batch: list[Envelope], user: bool) -> int:
+    """How many of the batch this viewer is shown (what hqgw_envelopes_delivered_total counts, as STOMP does)."""
+    return sum(1 for env in batch if not env.hidden_from_user) if user else len(batch)
+
+
 def _render(batch: list[Envelope], user: bool) -> bytes:
     """The batch's SSE bytes, each frame serialized once per scope and shared by every viewer."""
     if user:
@@ -130,14 +158,14 @@ def _expired(resume_from: int) -> bytes:
 
 
 async def _frames(
-    gw: Gateway, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
+    gw: ViewerServices, conv: str, since: int | None, principal: Principal, hook: _AbortHook, *, snapshot: bool,
     coalesce: bool,
 ) -> AsyncGenerator[bytes, None]:  # fmt: skip
     keepalive = gw.settings.sse_keepalive_s
     user = not principal.scope.full
     expires_at = principal.expires_at
     metrics = gw.metrics
-    delivered, latency = metrics.delivered.labels("sse"), metrics.fanout_latency.labels("sse")
+    delivered, live = metrics.delivered.labels("sse"), metrics.live_latency("sse")
     async with gw.upstreams.interest(conv):
         first: bytes = b""
         try:
@@ -166,7 +194,7 @@ async def _frames(
             if first:
                 yield first
             if hook.write_nowait is not None:
-                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered)
+                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered, live, sub)
                 sub.direct_batch = direct.batch
             while True:
                 timeout = keepalive
@@ -199,8 +227,8 @@ async def _frames(
                     chunk = _render(batch, user)
                     if chunk:
                         yield chunk
-                    delivered.inc(len(batch))
-                    latency.observe(time.time() - batch[-1].created_ms / 1000)
+                    delivered.inc(_shown(batch, user))
+                    live.written(conv, sub.catch_up_to, batch)
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:

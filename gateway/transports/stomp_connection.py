@@ -17,6 +17,7 @@ from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
+from gateway.limits import limit_key
 from gateway.protocols.stomp import (
     ConnectRequest,
     DisconnectRequest,
@@ -28,8 +29,9 @@ from gateway.protocols.stomp import (
     SubscribeRequest,
     UnsubscribeRequest,
 )
-from gateway.runtime import Gateway
 from gateway.transports.pipe import ConnectionInfo, Pipe, SharedWirePipe
+from gateway.transports.services import ViewerServices
+from gateway.upstream.registry import ActivationRefused
 
 log = logging.getLogger("gateway.stomp")
 
@@ -90,7 +92,7 @@ class _Subscription:
 class StompConnection:
     """PipeHandler: feeds the sans-I/O session, acts on its events, delivers envelopes."""
 
-    def __init__(self, gw: Gateway, pipe: Pipe, info: ConnectionInfo, *, auth: Authenticator) -> None:
+    def __init__(self, gw: ViewerServices, pipe: Pipe, info: ConnectionInfo, *, auth: Authenticator) -> None:
         s = gw.settings
         self._gw = gw
         self._auth = auth
@@ -180,7 +182,14 @@ class StompConnection:
         user = not principal.scope.full
         self._auth.audit_attach(principal, conv, self._info.transport, self._info.client)
         upstream_holder = self._gw.upstreams
-        upstream_holder.hold(conv)
+        try:
+            who = limit_key(self._auth.mode, principal.subject, self._info.client.rpartition(":")[0])
+            upstream_holder.hold(conv, who=who)
+        except ActivationRefused as refusal:
+            log.info("stomp subscribe refused session=%s conversation=%s: %s", self.session.session_id, conv,
+                     refusal.code)  # fmt: skip
+            self.session.reject(f"{refusal.code}: {refusal.message}", req.receipt)
+            return
         first: Envelope | None = None
         try:
             if snapshot is not None and since is None:
@@ -234,7 +243,7 @@ class StompConnection:
         destination = destination_of(entry.conversation)
         session = self.session
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
-        latency = self._gw.metrics.fanout_latency.labels(self._info.transport)
+        live = self._gw.metrics.live_latency(self._info.transport)
         subscriber = entry.subscriber
         try:
             while True:
@@ -260,7 +269,7 @@ class StompConnection:
                 if frames:
                     await self._write([f.decode() for f in frames])
                     delivered.inc(len(frames))
-                    latency.observe(time.time() - batch[-1].created_ms / 1000)
+                    live.written(entry.conversation, subscriber.catch_up_to, batch)
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:
@@ -385,6 +394,8 @@ class StompConnection:
             return None
         session, user = self.session, entry.user
         delivered = self._gw.metrics.delivered.labels(self._info.transport)
+        live, subscriber = self._gw.metrics.live_latency(self._info.transport), entry.subscriber
+        conv = entry.conversation
         wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
         if wired is not None and isinstance(pipe, SharedWirePipe) and session.subscribed(sub_id):
             wire_format, encode = wired
@@ -405,6 +416,7 @@ class StompConnection:
                     return False
                 self._last_out = time.monotonic()
                 delivered.inc()
+                live.written(conv, subscriber.catch_up_to, (env,))
                 return True
 
             def direct_batch(envs: list[Envelope]) -> bool:
@@ -418,6 +430,8 @@ class StompConnection:
                     return False
                 self._last_out = time.monotonic()
                 delivered.inc(shared.batch_count)
+                if shared.batch_count:
+                    live.written(conv, subscriber.catch_up_to, envs)
                 return True
 
             entry.subscriber.direct_batch = direct_batch
@@ -436,6 +450,7 @@ class StompConnection:
                 return False
             self._last_out = time.monotonic()
             delivered.inc()
+            live.written(conv, subscriber.catch_up_to, (env,))
             return True
 
         return direct
@@ -476,5 +491,7 @@ def _header(req: SubscribeRequest, name: str) -> str | None:
     return None
 
 
-async def stomp_handler_factory(gw: Gateway, pipe: Pipe, info: ConnectionInfo, auth: Authenticator) -> StompConnection:
+async def stomp_handler_factory(
+    gw: ViewerServices, pipe: Pipe, info: ConnectionInfo, auth: Authenticator
+) -> StompConnection:
     return StompConnection(gw, pipe, info, auth=auth)

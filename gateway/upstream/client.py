@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,15 +12,14 @@ import httpx
 import orjson
 from httpx_sse import EventSource, SSEError
 
+from gateway.backoff import Backoff as Backoff  # re-exported: its old home
 from gateway.envelope import HqEvent
-from gateway.errors import GatewayError, UpstreamFatal
+from gateway.errors import UpstreamFatal
+from gateway.errors import UpstreamUnavailable as UpstreamUnavailable  # re-exported: its old home
+from gateway.hqstate import HqState
 
 # Statuses that retrying cannot fix: stop and tell the viewers (DESIGN: upstream).
 FATAL_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "conversation not found"}
-
-
-class UpstreamUnavailable(GatewayError):
-    """A transient failure: connection refused, 5xx, wrong content type, stream cut or stalled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +43,6 @@ def decode_data(raw: str) -> Any:
         return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         return raw
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter (AWS architecture blog), randomness injected."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._rng = rng
-        self.attempt = 0
-        self.floor_s = 0.0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(self.attempt, 40))
-        self.attempt += 1
-        return max(self.floor_s, ceiling * float(self._rng()))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class _Watchdog:
@@ -166,6 +145,7 @@ class HqClient:
 
     def __init__(self, base_url: str, token: str, connect_timeout_s: float, idle_timeout_s: float) -> None:
         self._token = token
+        self.state = HqState()  # what the service token last met at HQ (for /readyz)
         base_url = base_url.rstrip("/")
         # The read timeout is the dead-stream watchdog: any byte (keepalive comments too) resets it.
         timeout = httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s, write=10.0, pool=10.0)
@@ -207,6 +187,7 @@ class HqClient:
             async with pool[0].stream("GET", url, headers=headers, params=params) as response:
                 watchdog.reading = False
                 watchdog.last = asyncio.get_running_loop().time()
+                self.state.answered(response.status_code)
                 if response.status_code in FATAL_STATUSES:
                     raise UpstreamFatal(response.status_code, FATAL_STATUSES[response.status_code])
                 if response.status_code != 200:
@@ -220,8 +201,10 @@ class HqClient:
                 raise UpstreamUnavailable(f"no bytes from HQ in {self._idle_timeout_s:g}s") from None
             raise
         except httpx.TimeoutException as exc:
+            self.state.failed(f"no bytes from HQ in time ({type(exc).__name__})")
             raise UpstreamUnavailable(f"no bytes from HQ in time ({type(exc).__name__})") from None
         except (httpx.TransportError, SSEError) as exc:
+            self.state.failed(f"{type(exc).__name__}: {exc}")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
         finally:
             watchdog.stop()
@@ -244,7 +227,11 @@ class HqClient:
             async with self._requests:
                 response = await self._http.request(method, url, headers=headers, **kw)
         except httpx.HTTPError as exc:
+            if token is None:
+                self.state.failed(f"{type(exc).__name__}: {exc}")
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if token is None:  # a viewer's own credential (auth mode hq) says nothing about the service token
+            self.state.answered(response.status_code)
         try:
             body = response.json()
         except ValueError:

@@ -16,14 +16,17 @@ from contextlib import suppress
 from typing import Any
 
 import redis.asyncio
+import redis.exceptions
 
+from gateway.backoff import Backoff
 from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
 from gateway.envelope import Envelope, HqEvent, Mapping, TurnState, normalize
 from gateway.errors import JournalConflict
 from gateway.hub import Hub, Subscriber
+from gateway.journal.availability import JournalUnavailable
 from gateway.journal.base import JournalHead
-from gateway.journal.redis import JournalUnavailable, RedisJournal
-from gateway.upstream.client import Backoff
+from gateway.journal.keys import conversation_key
+from gateway.journal.redis import RedisJournal
 from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamState
 
 log = logging.getLogger("gateway.cluster")
@@ -57,6 +60,8 @@ class ClusteredConversation:
         self._make_upstream = make_upstream
         self._tail_client = tail_client
         self.lease = Lease(redis_client, journal.prefix, conversation_id, owner, lease_ttl_ms)
+        self._redis = redis_client
+        self._live_key = conversation_key(journal.prefix, conversation_id, "live")  # the holder's stream is up
         self.state = UpstreamState.CONNECTING
         self.connected = asyncio.Event()  # some process in the cluster streams this conversation
         self.turn_ended = asyncio.Event()
@@ -200,9 +205,36 @@ class ClusteredConversation:
         return known, led_cursor if led_seq == known else head.cursor
 
     async def _mirror(self, upstream: ConversationUpstream) -> None:
-        await upstream.connected.wait()
-        self.connected.set()
-        self.state = UpstreamState.LIVE
+        """Follow the leader's stream here, and for the other processes in the ``live`` key (one TTL at a time)."""
+        ttl_ms = self.lease.ttl_ms
+        try:
+            while True:
+                await upstream.connected.wait()
+                self.connected.set()
+                self.state = UpstreamState.LIVE
+                while upstream.connected.is_set():
+                    with suppress(redis.exceptions.RedisError, OSError):
+                        await self._redis.set(self._live_key, self.lease.owner, px=ttl_ms)
+                    await asyncio.sleep(ttl_ms / 3000)
+                self.connected.clear()
+                await self._not_live()
+        finally:  # leadership ends (lease lost, shutdown): nobody's stream is up until the next leader's is
+            await self._not_live()
+
+    async def _not_live(self) -> None:
+        with suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(1):
+                await self._redis.delete(self._live_key)
+
+    async def holder_live(self) -> bool:
+        """Whether the process leading this conversation has its HQ stream up right now (a submit's 202 needs it)."""
+        leader = self.leader
+        if leader is not None:
+            return leader.connected.is_set()
+        try:
+            return bool(await self._redis.exists(self._live_key))
+        except (redis.exceptions.RedisError, OSError):
+            return False
 
     async def originate(self, name: str, data: dict[str, Any]) -> None:
         """Journal a gateway envelope from any process: compare-and-append on the dense seq."""

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.backoff import Backoff
 from gateway.envelope import ConversationInfo, Envelope, HqEvent, Mapping, TurnState, normalize
 from gateway.errors import JournalConflict, JournalRollback, UpstreamFatal
 from gateway.journal.base import Journal
 from gateway.metrics import Metrics
-from gateway.upstream.client import Backoff, HqClient, RetryHint, UpstreamUnavailable
+from gateway.upstream.client import HqClient, RetryHint, UpstreamUnavailable
 
 log = logging.getLogger("gateway.upstream")
 
@@ -129,6 +130,9 @@ class ConversationUpstream:
                     down_since = time.monotonic()
                     await self.originate("gateway.upstream_error", {
                         "message": f"upstream unavailable: {reason}", "recoverable": True})  # fmt: skip
+            except BaseException:  # cancelled (linger, shutdown, lost lease) or crashed: not connected any more
+                self._disconnected()
+                raise
             self._disconnected()
             self.state = UpstreamState.BACKOFF
             self.reconnects += 1

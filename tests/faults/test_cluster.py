@@ -186,7 +186,11 @@ def test_paused_holder_is_fenced_after_losing_its_lease(
         finally:
             os.kill(holder.pid, signal.SIGCONT)  # wakes with a stale view of the world
         await watcher.wait_for_stage("ENGINE_RETURN", timeout=30)
-        await asyncio.sleep(0.5)  # let the woken process try whatever it would
+        # The woken process runs again (it answers), whatever it tries next is fenced.
+        await eventually(lambda: httpx.get(f"{holder.url}/healthz").status_code == 200, 10, "the woken holder")
+        # A later turn through the new holder is the marker that anything stale would have landed.
+        assert submit(other, conv, "after the fence [deltas=3]").status_code == 202
+        await watcher.wait_for_stage("ENGINE_RETURN", count=2, timeout=30)
         assert_dense(watcher.seqs)
         envs = watcher.envelopes
         ids = [int(e["payload"]["_meta"]["sourceEventId"]) for e in envs if e["payload"]["_meta"]["sourceEventId"]]

@@ -40,6 +40,8 @@ def _gateway(log_dir: Path, hq_url: str, **env: str) -> ServerProcess:
         "GATEWAY_LOG_LEVEL": "info",
         # The whole suite submits from 127.0.0.1 in mode none (one bucket); test_auth tests the limit itself.
         "GATEWAY_LIMITS_SUBMIT_BURST": "1000",
+        # Likewise one activation bucket for the whole suite; test_upstream_limits tests the limit itself.
+        "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",
         **env,
     }
     return start_process(python_module("gateway.cli", "serve"), env=full, log_dir=log_dir, name="gateway",

@@ -167,19 +167,24 @@ def test_same_turn_seen_by_user_and_admin_side_by_side(jwt_gateway: ServerProces
         admin = SseViewer(jwt_gateway.url, conv, headers=bearer(admin_token)).start()
         downgraded = SseViewer(jwt_gateway.url, conv, headers=bearer(admin_token)).start(params={"scope": "user"})
         stomp_frames: list[str] = []
+        subscribed = asyncio.Event()
 
         async def stomp_user() -> None:
             url = jwt_gateway.url.replace("http://", "ws://") + "/ws-convengine"
             async with websockets.connect(url) as ws:
                 await ws.send(connect_frame(passcode=user_token) + subscribe_frame(conv, receipt="s"))
                 while True:
-                    stomp_frames.extend(f for f in str(await ws.recv()).split("\x00") if f.startswith("MESSAGE"))
+                    frames = str(await ws.recv()).split("\x00")
+                    if any(f.lstrip("\n").startswith("RECEIPT") for f in frames):
+                        subscribed.set()
+                    stomp_frames.extend(f for f in frames if f.startswith("MESSAGE"))
 
         stomp_task = asyncio.create_task(stomp_user())
         for v in (user, admin, downgraded):
             await v.wait_connected()
             assert v.status == 200
-        await asyncio.sleep(0.3)  # the STOMP subscription is registered
+        async with asyncio.timeout(10):
+            await subscribed.wait()  # the SUBSCRIBE's RECEIPT: the STOMP subscription is registered
         r = post(jwt_gateway, conv, admin_token, "side by side [deltas=6] [tools=2]")
         assert r.status_code == 202, r.text
         for v in (user, admin, downgraded):

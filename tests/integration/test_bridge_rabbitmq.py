@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -151,7 +150,14 @@ def test_rest_pin_bridges_without_viewers_and_unpin_stops(
     assert httpx.get(f"{api}/{conv}").status_code == 404
     delivered = len(dashboard.seqs())
     hq_post(simulator, conv, "nobody bridges this [deltas=5]")
-    time.sleep(1.5)
+    # "Nothing happened" is read after a later positive marker: a longer turn on the still-pinned
+    # conversation, posted after this one, reaching the broker.
+    still_pinned = Dashboard(f"/topic/convengine.audit.{configured}").start()
+    try:
+        hq_post(simulator, configured, "still bridged [deltas=20]")
+        wait_until(lambda: still_pinned.saw_stage("ENGINE_RETURN"), 20, what="the still-pinned turn on the broker")
+    finally:
+        still_pinned.close()
     assert len(dashboard.seqs()) == delivered
 
 

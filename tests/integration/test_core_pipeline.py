@@ -106,10 +106,12 @@ def test_idempotent_resubmit_starts_no_second_turn(gateway: ServerProcess, simul
         assert (r1.status_code, r2.status_code) == (202, 202)
         assert r1.json()["idempotent"] is False and r2.json()["idempotent"] is True
         await viewer.wait_for_stage("ENGINE_RETURN")
-        await asyncio.sleep(0.3)  # a second turn, if any, would have started by now
-        assert viewer.stages().count("USER_INPUT") == 1
-        assert viewer.stages().count("ENGINE_RETURN") == 1
-        assert sim_stats(simulator)["turns_started"][conv] == 1
+        # A later, different turn is the marker: a second start of the first would come before it.
+        assert submit(gateway, conv, "later [deltas=1]", idempotencyKey="key-2").status_code == 202
+        await viewer.wait_for_stage("ENGINE_RETURN", count=2)
+        assert viewer.stages().count("USER_INPUT") == 2
+        assert viewer.stages().count("ENGINE_RETURN") == 2
+        assert sim_stats(simulator)["turns_started"][conv] == 2
         await viewer.stop()
 
     asyncio.run(main())

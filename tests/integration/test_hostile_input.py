@@ -31,6 +31,7 @@ from tests.clients import assert_dense
 from tests.integration.conftest import _gateway
 from tests.integration.test_auth import JWT_ENV, mint
 from tests.servers import ServerProcess
+from tests.waiting import wait_until
 
 FUZZ = settings(
     max_examples=100,
@@ -75,6 +76,10 @@ class Listener(stomp.ConnectionListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.seqs: list[int] = []
         self.errors: list[Any] = []
+        self.receipts: list[str] = []
+
+    def on_receipt(self, frame: Any) -> None:
+        self.receipts.append(frame.headers["receipt-id"])
 
     def on_message(self, frame: Any) -> None:
         self.seqs.append(int(frame.headers["seq"]))
@@ -111,8 +116,8 @@ def test_fuzzing_leaves_the_server_up_and_other_viewers_whole(fuzz_gateway: Serv
     listener = Listener()
     conn.set_listener("l", listener)
     conn.connect(passcode=viewer_token, wait=True)
-    conn.subscribe(destination, id="viewer", ack="auto")
-    time.sleep(0.3)
+    conn.subscribe(destination, id="viewer", ack="auto", headers={"receipt": "subscribed"})
+    wait_until(lambda: "subscribed" in listener.receipts, 10, what="the SUBSCRIBE's RECEIPT")
 
     def turn(text: str) -> None:
         body = {"conversationId": conv, "message": text}
@@ -322,14 +327,13 @@ def test_fuzzing_leaves_the_server_up_and_other_viewers_whole(fuzz_gateway: Serv
         )
         return [item["auditId"] or item["verbose"]["verboseId"] for item in r.json()["items"]]
 
-    deadline = time.monotonic() + 60
-    while True:
+    def caught_up() -> list[int] | None:
         seqs = journal()
         stages = [e.event for e in sse.events]
-        if stages.count("ENGINE_RETURN") >= 2 and listener.seqs[-1:] == seqs[-1:] and len(sse.events) == len(seqs):
-            break
-        assert time.monotonic() < deadline, f"viewers did not catch up: {len(sse.events)}/{len(seqs)} events"
-        time.sleep(0.1)
+        done = stages.count("ENGINE_RETURN") >= 2 and listener.seqs[-1:] == seqs[-1:] and len(sse.events) == len(seqs)
+        return seqs if done else None
+
+    seqs = wait_until(caught_up, 60, interval=0.1, what="both viewers caught up with the journal")
     sse.stopping = True
     assert_dense(seqs)
     assert [int(e.id) for e in sse.events] == seqs

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
+from typing import Any
 
 import httpx
+import websockets
 
 from tests.clients import SseViewer
 from tests.integration.conftest import StartGateway, sim_stats, submit
 from tests.servers import ServerProcess
+from tests.waiting import eventually
 
 
 def scrape(gw: ServerProcess) -> dict[str, float]:
@@ -51,14 +55,17 @@ def test_counters_after_a_simulated_turn(simulator: ServerProcess, start_gateway
         assert delta('hqgw_events_in_total{kind="tool_call"}') == 2
         assert delta("hqgw_upstream_connects_total") == 1
         assert after["hqgw_upstream_connected"] == 1
-        assert delta('hqgw_fanout_latency_seconds_count{transport="sse"}') >= 3  # one observation per batch
-        assert after['hqgw_fanout_latency_seconds_bucket{le="1.0",transport="sse"}'] >= 3
+        # One observation per live envelope and transport (not per viewer, not per batch).
+        assert delta('hqgw_fanout_latency_seconds_count{transport="sse"}') == n
+        assert delta('hqgw_fanout_latency_seconds_bucket{le="1.0",transport="sse"}') == n
+        assert delta('hqgw_submissions_total{outcome="accepted"}') == 1
+        assert after["hqgw_active_conversations"] == 1
         for v in viewers:
             await v.stop()
         text = httpx.get(f"{gw.url}/metrics").text
         assert conv not in text  # never a conversation id as a label
         labels = set(re.findall(r'(\w+)="', text))
-        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile"}, labels
+        assert labels <= {"transport", "reason", "kind", "type", "outcome", "le", "quantile", "hook"}, labels
 
     asyncio.run(main())
 
@@ -95,19 +102,15 @@ def test_idle_viewers_that_vanish_are_detached_and_the_upstream_released(
         await eventually_metric(gw, 'hqgw_viewers{transport="sse"}', 0)
         await eventually_metric(gw, 'hqgw_viewers{transport="websocket"}', 0)
         await eventually_metric(gw, 'hqgw_connections{transport="websocket"}', 0)
-        deadline = asyncio.get_running_loop().time() + 10  # linger is 1 s in the test gateways
-        while sim_stats(simulator)["open_streams"].get(conv):
-            assert asyncio.get_running_loop().time() < deadline, "upstream still open after every viewer left"
-            await asyncio.sleep(0.05)
+        # linger is 1 s in the test gateways
+        await eventually(lambda: not sim_stats(simulator)["open_streams"].get(conv), 10,
+                         "the upstream closed after every viewer left")  # fmt: skip
 
     asyncio.run(main())
 
 
 async def eventually_metric(gw: ServerProcess, name: str, value: float, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while scrape(gw).get(name, 0.0) != value:
-        assert asyncio.get_running_loop().time() < deadline, f"{name} != {value}: {scrape(gw).get(name)}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: scrape(gw).get(name, 0.0) == value, timeout, f"{name} == {value}", interval=0.05)
 
 
 class WsClient:
@@ -140,3 +143,128 @@ class WsClient:
                 size = int.from_bytes(await self.reader.readexactly(8))
             assert first & 0x0F == 1
             return (await self.reader.readexactly(size)).decode()
+
+
+async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws-convengine") -> Any:
+    """A STOMP viewer over a real WebSocket (raw, or SockJS's websocket transport when ``path`` says so)."""
+    sockjs = path != "/ws-convengine"
+    ws = await websockets.connect(url.replace("http", "ws") + path, subprotocols=None if sockjs else
+                                  [websockets.Subprotocol("v12.stomp")])  # fmt: skip
+
+    def wrap(text: str) -> str:
+        return json.dumps([text]) if sockjs else text
+
+    if sockjs:
+        assert await ws.recv() == "o"
+    await ws.send(wrap("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00"))
+    await ws.send(wrap(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00"))
+
+    async def read() -> None:
+        async for raw in ws:
+            texts = json.loads(raw[1:]) if sockjs and raw.startswith("a") else [] if sockjs else [raw]
+            frames.extend(t for t in texts if t.startswith("MESSAGE"))
+            if any(t.startswith("RECEIPT") for t in texts):
+                frames.append("RECEIPT")
+
+    task = asyncio.create_task(read())
+    await eventually(lambda: "RECEIPT" in frames, 5, "RECEIPT")
+    frames.remove("RECEIPT")
+    return ws, task
+
+
+async def _xhr_streaming_viewer(url: str, conv: str, frames: list[str]) -> Any:
+    """A STOMP viewer over SockJS xhr-streaming (no direct-write path: every batch goes through a task)."""
+    base = f"{url}/ws-convengine/000/xhrstream/"
+    client = httpx.AsyncClient(timeout=10)
+    opened = asyncio.Event()
+
+    async def read() -> None:
+        async with client.stream("POST", base + "xhr_streaming") as response:
+            async for line in response.aiter_lines():
+                if line == "o":
+                    opened.set()
+                elif line.startswith("a"):
+                    for text in json.loads(line[1:]):
+                        frames.append("RECEIPT" if text.startswith("RECEIPT") else text)
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(opened.wait(), 5)
+    connect = "CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00"
+    subscribe = f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00"
+    assert (await client.post(base + "xhr_send", content=json.dumps([connect, subscribe]))).status_code == 204
+    await eventually(lambda: "RECEIPT" in frames, 5, "RECEIPT")
+    frames[:] = [f for f in frames if f.startswith("MESSAGE")]
+    return client, task
+
+
+def test_every_transport_observes_each_live_envelope_once(
+    simulator: ServerProcess, start_gateway: StartGateway, conv: str
+) -> None:
+    """Fan-out latency: one observation per envelope per transport, idle (direct-write) viewers included;
+    the upstream gauge follows the stream down after its linger; submissions count every outcome."""
+    gw = start_gateway(simulator.url)
+
+    async def main() -> None:
+        before = scrape(gw)
+        sse = [SseViewer(gw.url, conv).start() for _ in range(2)]
+        for v in sse:
+            await v.wait_connected()
+        raw_frames: list[str] = []
+        sockjs_frames: list[str] = []
+        raw = await _stomp_viewer(gw.url, conv, raw_frames)
+        sockjs = await _stomp_viewer(gw.url, conv, sockjs_frames, "/ws-convengine/000/abcdef/websocket")
+        xhr_frames: list[str] = []
+        xhr_client, xhr_task = await _xhr_streaming_viewer(gw.url, conv, xhr_frames)
+        stomp_got = lambda k: len(raw_frames) == len(sockjs_frames) == len(xhr_frames) == k  # noqa: E731
+        await eventually(lambda: scrape(gw).get("hqgw_upstream_connected") == 1, 5, "upstream connected")
+        assert submit(gw, conv, "count me [deltas=5] [tools=1]").status_code == 202
+        for v in sse:
+            await v.wait_for_stage("ENGINE_RETURN")
+        n = len(sse[0].events)
+        await eventually(lambda: stomp_got(n), 5, "STOMP viewers got the turn")
+        # A second, separate turn: viewers are idle in between, so it goes out on the direct path.
+        assert submit(gw, conv, "again [deltas=3]").status_code == 202
+        for v in sse:
+            await v.wait_for_stage("ENGINE_RETURN", count=2)
+        n = len(sse[0].events)
+        await eventually(lambda: stomp_got(n), 5, "STOMP viewers got turn 2")
+        # Outcomes other than accepted are counted too.
+        bad = httpx.post(f"{gw.url}/api/v1/conversation/message", json={"conversationId": "nope", "message": "x"})
+        assert bad.status_code == 400
+        after = scrape(gw)
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        for transport in ("sse", "websocket", "sockjs-websocket", "xhr-streaming"):
+            assert delta(f'hqgw_fanout_latency_seconds_count{{transport="{transport}"}}') == n, transport
+            assert delta(f'hqgw_fanout_latency_seconds_bucket{{le="1.0",transport="{transport}"}}') == n, transport
+        assert delta('hqgw_envelopes_delivered_total{transport="sse"}') == 2 * n
+        assert delta('hqgw_envelopes_delivered_total{transport="websocket"}') == n
+        assert delta('hqgw_envelopes_delivered_total{transport="sockjs-websocket"}') == n
+        assert delta('hqgw_envelopes_delivered_total{transport="xhr-streaming"}') == n
+        assert delta('hqgw_submissions_total{outcome="accepted"}') == 2
+        assert delta('hqgw_submissions_total{outcome="bad_request"}') == 1
+        assert after["hqgw_active_conversations"] == 1
+        assert after["hqgw_upstream_connected"] == 1
+
+        # A late viewer replays the whole journal: replayed envelopes are not fan-out latency.
+        late = SseViewer(gw.url, conv).start(last_event_id="0")
+        await eventually(lambda: len(late.events) == n, 5, "replay")
+        assert (
+            scrape(gw)['hqgw_fanout_latency_seconds_count{transport="sse"}']
+            == after['hqgw_fanout_latency_seconds_count{transport="sse"}']
+        )
+
+        for v in [*sse, late]:
+            await v.stop()
+        for ws, task in (raw, sockjs):
+            await ws.close()
+            task.cancel()
+        xhr_task.cancel()
+        await xhr_client.aclose()
+        # Everyone left: after the linger (1 s) the upstream closes and both gauges say so.
+        await eventually_metric(gw, "hqgw_upstream_connected", 0)
+        await eventually_metric(gw, "hqgw_active_conversations", 0)
+
+    asyncio.run(main())

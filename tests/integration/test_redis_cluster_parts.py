@@ -11,14 +11,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from gateway.backoff import Backoff
 from gateway.cluster import ClusterSink, JournalTailer, Lease, hold_lease
 from gateway.envelope import Envelope
 from gateway.errors import ConfigError, JournalConflict
 from gateway.hub import Hub
 from gateway.journal.base import JournalHead
 from gateway.journal.redis import JournalUnavailable, RedisJournal
-from gateway.upstream.client import Backoff
 from tests.redis_server import RedisServer, free_port
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +46,7 @@ def journal(c: redis.asyncio.Redis, max_events: int = 1000, max_age_s: float = 6
     return RedisJournal(c, prefix=PREFIX, max_events=max_events, max_age_s=max_age_s, **kw)  # type: ignore[arg-type]
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
+wait_for = eventually
 
 
 async def stop(task: "asyncio.Task[None]") -> None:

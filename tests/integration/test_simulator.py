@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 from gateway.protocols.sse import SseEvent, SseParser
 from tests.servers import ROOT, ServerProcess, free_port, python_module, start_process
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -151,15 +152,6 @@ async def emit(client: httpx.AsyncClient, conv: str, n: int) -> None:
             f"/_sim/conversations/{conv}/emit", json={"event": "status", "data": {"n": i}}, headers=AUTH
         )
         r.raise_for_status()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll an HTTP-observable condition (no event to wait on) until it holds."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.02)
 
 
 def new_conv() -> str:
@@ -348,13 +340,13 @@ def test_stats_count_open_streams_per_conversation(base: str) -> None:
         async def one_open() -> bool:
             return (await stats(client))["open_streams"].get(conv) == 1
 
-        await eventually(one_open, "one open stream")
+        await eventually(one_open, TIMEOUT, "one open stream")
         await first.close()
 
         async def none_open() -> bool:
             return conv not in (await stats(client))["open_streams"]
 
-        await eventually(none_open, "no open stream")
+        await eventually(none_open, TIMEOUT, "no open stream")
 
     run(scenario, base)
 

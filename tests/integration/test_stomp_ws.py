@@ -19,6 +19,7 @@ import websockets
 from tests.clients import SseViewer, assert_dense, eventually
 from tests.integration.conftest import sim_stats, submit
 from tests.servers import ServerProcess
+from tests.waiting import wait_until
 
 
 class Collector(stomp.ConnectionListener):  # type: ignore[misc]
@@ -48,23 +49,17 @@ def stomp_py_client(gw: ServerProcess) -> tuple[Any, Collector]:
     return conn, listener
 
 
-def wait(predicate: Any, timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.02)
-
-
 def test_stomp_py_ws_receives_every_envelope_over_one_upstream(
     gateway: ServerProcess, simulator: ServerProcess, conv: str
 ) -> None:
     clients = [stomp_py_client(gateway) for _ in range(3)]
     for i, (conn, listener) in enumerate(clients):
         conn.subscribe(f"/topic/convengine/audit/{conv}", id=f"sub-{i}", ack="auto", receipt=f"r-{i}")
-        wait(lambda listener=listener, i=i: f"r-{i}" in listener.receipts, what="subscribe receipt")
+        wait_until(lambda listener=listener, i=i: f"r-{i}" in listener.receipts, 10, what="subscribe receipt")
     assert submit(gateway, conv, "stomp turn [deltas=12] [tools=1]").status_code == 202
     for _, listener in clients:
-        wait(lambda listener=listener: any(m[1]["stage"] == "ENGINE_RETURN" for m in listener.messages), 15, "turn")
+        wait_until(lambda listener=listener: any(m[1]["stage"] == "ENGINE_RETURN" for m in listener.messages), 15,
+                   what="turn")  # fmt: skip
     first = clients[0][1].messages
     seqs = [int(h["seq"]) for h, _ in first]
     assert_dense(seqs)
@@ -87,7 +82,7 @@ def test_sse_and_stomp_viewers_share_one_upstream_and_one_cursor(
 ) -> None:
     conn, listener = stomp_py_client(gateway)
     conn.subscribe(f"/topic/convengine/audit/{conv}", id="s", receipt="ok")
-    wait(lambda: "ok" in listener.receipts)
+    wait_until(lambda: "ok" in listener.receipts, 10, what="the receipt")
 
     async def main() -> None:
         viewer = SseViewer(gateway.url, conv).start()
@@ -238,7 +233,10 @@ def _stuck_stomp_viewer(gw: ServerProcess, conv: str) -> socket.socket:
 def test_slow_stomp_viewer_is_cut_loose_without_slowing_others(
     simulator: ServerProcess, start_gateway: Any, conv: str
 ) -> None:
-    gw = start_gateway(simulator.url, GATEWAY_SOCKET_SNDBUF_BYTES="8192", GATEWAY_HUB_QUEUE_MAX_MESSAGES="50")
+    # Needs the server hooks even in the hooks-off run: dropping a stuck socket at once is the abort
+    # hook, and keeping up with a 1 ms flood on a 50-message queue takes httptools (off runs h11).
+    gw = start_gateway(simulator.url, GATEWAY_SOCKET_SNDBUF_BYTES="8192", GATEWAY_HUB_QUEUE_MAX_MESSAGES="50",
+                       GATEWAY_SERVER_HOOKS="on")  # fmt: skip
 
     async def main() -> None:
         fast = SseViewer(gw.url, conv).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import orjson
@@ -61,3 +62,21 @@ def test_scrub_removes_every_token_shape() -> None:
         record.exc_info = sys.exc_info()
     _ScrubFilter().filter(record)
     assert "t0ken" not in record.getMessage() and record.exc_text and jwt_text not in record.exc_text
+
+
+def test_a_logged_value_never_starts_a_line_and_stomp_session_ids_stay_readable() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_ScrubFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("test.injection")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        forged = "x\nINFO gateway.audit: attach subject=admin\r\x85\u2028INFO gateway.audit: more"
+        log.warning("stomp subscribe session=sess-1f2e id=%s", forged)
+    finally:
+        log.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING test.injection: stomp subscribe session=sess-1f2e id=x")
+    assert "\\x0aINFO gateway.audit" in lines[0]
