@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo run test lint fmt bench bench-journal clean venv stack rabbitmq-stomp lock test-latest
+.PHONY: demo run test lint fmt bench bench-journal soak clean venv stack rabbitmq-stomp lock test-latest
 
 venv: $(STAMP)
 
@@ -113,6 +113,11 @@ bench: $(BENCH_STAMP)
 # Memory journal: bytes kept per envelope (tracemalloc) and gateway RSS across rounds of expiring conversations.
 bench-journal: $(STAMP)
 	$(BIN)/python -m benchmarks.journal_memory
+
+# Issue 14's soak: redis-server + 2 gateways + >= 2,000 viewers under faults, every viewer checked event by event.
+# Never part of make test. SOAK_ARGS=--quick (300 viewers, ~3 minutes) | --phases lease-kill,hq-drops
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.soak.run $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-lock .venv-latest build *.egg-info

@@ -22,6 +22,12 @@ from benchmarks.targets import EXTRA_EVENTS_PER_TURN, TARGETS, Server, Simulator
 SUM_KEYS = ("missing", "gaps", "duplicates", "stale", "closed", "fast_missing", "fast_gaps", "fast_duplicates")
 
 
+def _cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(utime, stime) summed over ``pids``: one server, or every process of a cluster."""
+    times = [cpu_times(pid) for pid in pids]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def turn_text(deltas: int, interval_ms: float) -> str:
     return f"benchmark turn [deltas={deltas}] [interval_ms={interval_ms:g}] [tools=0] [artifacts=0]"
 
@@ -88,7 +94,12 @@ class Harness:
         group: str = "main",
         **options: Any,
     ) -> dict[str, Any]:
-        specs = [target.spec(server.port, c, group, **options) for c in conversations for _ in range(per_conversation)]
+        ports = server.ports or [server.port]  # a cluster's viewers are spread over its gateways
+        specs = [
+            target.spec(ports[i % len(ports)], c, group, **options)
+            for c in conversations
+            for i in range(per_conversation)
+        ]
         started = time.monotonic()
         result = self.client.open(specs)
         result["open_s"] = round(time.monotonic() - started, 2)
@@ -118,7 +129,7 @@ class Harness:
         """One measured turn per conversation; ``viewers`` is the total watching them."""
         expected = viewers * (deltas + EXTRA_EVENTS_PER_TURN)
         self.client.reset()
-        (user0, sys0), started = cpu_times(server.pid), time.monotonic()
+        (user0, sys0), started = _cpu_times(server.pids), time.monotonic()
         client0 = sum(cpu_seconds(pid) for pid in self.client.pids)
         self.sim.submit(conversations, turn_text(deltas, interval_ms), spread_s=min(1.0, interval_ms / 1000.0))
         deadline = time.monotonic() + (deltas + 2) * interval_ms / 1000.0 + grace_s
@@ -128,7 +139,7 @@ class Harness:
             received = self.client.progress().get(group, 0)
             if received >= expected:
                 break
-        (user1, sys1), wall = cpu_times(server.pid), time.monotonic() - started
+        (user1, sys1), wall = _cpu_times(server.pids), time.monotonic() - started
         client_cpu = sum(cpu_seconds(pid) for pid in self.client.pids) - client0
         collected = self.client.collect().get(group)
         messages = collected.messages if collected else 0

@@ -35,6 +35,8 @@ class Plan:
     slow_read_bps: float = 32 * 1024
     slow_rcvbuf: int = 8192
     slow_catchup_cap_s: float = 15.0  # coalescing slow viewers need ~8-10 s
+    cluster_steps: tuple[int, ...] = (1000, 2000)  # viewers of one conversation, single process vs cluster
+    cluster_rate: float = 20.0
     slow_target: str = "gateway-stomp"
     slow_repeat: int = 3
     profile: bool = False

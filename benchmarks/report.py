@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.targets import TARGETS
+from benchmarks.targets import SINGLE_OF, TARGETS
 
 TRAFFIC = ("wide", "fast", "many", "upstream-heavy")
 BASELINE_OF = {"stomp": "ws-baseline", "sockjs": "ws-baseline", "sse": "sse-baseline"}
@@ -112,11 +112,13 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         row("1,000 active conversations on one process", None, None)
 
+    cluster_rows(res, row)
+
     bad: list[str] = []
     checked = 0
     for scenario, per_target in res.items():
         for target, result in per_target.items():
-            if not target.startswith("gateway") or not isinstance(result, dict) or "upstreams" not in result:
+            if not _ours(target) or not isinstance(result, dict) or "upstreams" not in result:
                 continue
             up = result["upstreams"]
             checked += 1
@@ -132,7 +134,7 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
     faults: list[str] = []
     for scenario, per_target in res.items():
         for target, result in per_target.items():
-            if not isinstance(result, dict) or not target.startswith("gateway"):
+            if not isinstance(result, dict) or not _ours(target):
                 continue
             parts = {"": result}
             if scenario == "slow-mobile":
@@ -149,6 +151,47 @@ def verdicts(data: dict[str, Any]) -> list[dict[str, Any]]:
         "; ".join(faults[:4]),
     )
     return rows
+
+
+def _ours(target: str) -> bool:
+    """A gateway target: one process or a cluster."""
+    return target.startswith(("gateway", "cluster"))
+
+
+def _point(res: dict[str, Any], target: str, viewers: int) -> dict[str, Any]:
+    points = res.get("cluster", {}).get(target, {}).get("points", [])
+    return next((p for p in points if p.get("viewers") == viewers), {})
+
+
+def cluster_rows(res: dict[str, Any], row: Any) -> None:
+    """Issue 14: cluster CPU per delivery ≤ 1.3x the single process; p99 at 1,000 viewers ≤ 1.5x."""
+    if not res.get("cluster"):
+        return
+    for cluster, single in SINGLE_OF.items():
+        if cluster not in res["cluster"] or single not in res["cluster"]:
+            continue
+        steps = [p["viewers"] for p in res["cluster"][cluster].get("points", [])]
+        ratios = {
+            v: _ratio(
+                _point(res, cluster, v).get("cpu_us_per_delivery"), _point(res, single, v).get("cpu_us_per_delivery")
+            )
+            for v in steps
+        }
+        measured = ", ".join(f"{v} viewers {r}x" for v, r in ratios.items())
+        known = [r for r in ratios.values() if r is not None]
+        row(
+            f"cluster CPU per delivery ≤ 1.3x single process ({cluster} vs {single}, all gateways + redis-server)",
+            measured or None,
+            None if not known else all(r <= 1.3 for r in known),
+        )
+        p99 = _ratio(_point(res, cluster, 1000).get("p99_ms"), _point(res, single, 1000).get("p99_ms"))
+        row(
+            f"cluster p99 at 1,000 viewers ≤ 1.5x single process ({cluster} vs {single})",
+            None
+            if p99 is None
+            else f"{p99}x ({_point(res, cluster, 1000).get('p99_ms')} vs {_point(res, single, 1000).get('p99_ms')} ms)",
+            None if p99 is None else p99 <= 1.5,
+        )
 
 
 def _fmt(value: Any) -> str:
@@ -206,6 +249,34 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(r.get('server_cpu_pct'))} | "
                 f"{r.get('gaps', 0)}/{r.get('duplicates', 0)}/{r.get('missing', 0)} | {one} |"
             )
+    if res.get("cluster"):
+        out += [
+            "",
+            "## cluster (issue 14): 2 gateways + redis-server beside the single memory-mode process",
+            "",
+            "One conversation at 20 events/s; cluster viewers split evenly over the 2 gateways; cluster CPU = both "
+            "gateways + redis-server.",
+            "",
+            "| target | viewers | processes | deliveries/s | p50 ms | p99 ms | p99 deltas ms | CPU µs/delivery | "
+            "vs single | CPU % | gaps/dup/missing | stale/closed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for target, r in res["cluster"].items():
+            for p in r.get("points", []):
+                single = SINGLE_OF.get(target)
+                vs = (
+                    _ratio(p.get("cpu_us_per_delivery"), _point(res, single, p["viewers"]).get("cpu_us_per_delivery"))
+                    if single
+                    else None
+                )
+                out.append(
+                    f"| {target} | {p.get('viewers')} | {r.get('processes')} | {_fmt(p.get('deliveries_per_s'))} | "
+                    f"{_fmt(p.get('p50_ms'))} | {_fmt(p.get('p99_ms'))} | {_fmt(p.get('p99_delta_ms'))} | "
+                    f"{_fmt(p.get('cpu_us_per_delivery'))} | {_fmt(vs) + 'x' if vs else '-'} | "
+                    f"{_fmt(p.get('server_cpu_pct'))} | "
+                    f"{p.get('gaps', 0)}/{p.get('duplicates', 0)}/{p.get('missing', 0)} | "
+                    f"{p.get('stale', 0)}/{p.get('closed', 0)} |"
+                )
     if res.get("idle"):
         out += [
             "",

@@ -29,13 +29,16 @@ from benchmarks.scenarios import Bench
 from benchmarks.targets import RABBIT_CAP, TARGETS, Simulator, ensure_rabbitmq_web_stomp, wait_rabbitmq
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("idle", "wide", "fast", "many", "upstream-heavy", "slow-mobile")
+SCENARIOS = ("idle", "wide", "fast", "many", "upstream-heavy", "slow-mobile", "cluster")
+SINGLE_PROCESS = [t for t, target in TARGETS.items() if target.server != "cluster"]
 DEFAULT_TARGETS = {
-    "idle": list(TARGETS),
-    "wide": list(TARGETS),
+    "idle": SINGLE_PROCESS,
+    "wide": SINGLE_PROCESS,
     "fast": ["gateway-stomp", "gateway-sse", "ws-baseline", "sse-baseline", "rabbitmq"],
     "many": ["gateway-stomp", "ws-baseline", "rabbitmq"],
     "upstream-heavy": ["gateway-stomp", "ws-baseline"],
+    # Issue 14: the single memory-mode process beside 2 gateways + Redis, in the same run.
+    "cluster": ["gateway-stomp", "cluster-stomp", "gateway-sse", "cluster-sse"],
 }
 
 
@@ -112,6 +115,13 @@ def _summary(scenario: str, target: str, r: dict[str, Any]) -> str:
                 f"caught up {v.get('slow_caught_up', '-')}, cut {v.get('slow_cut_loose', '-')}"
             )
         return "; ".join(parts)
+    if scenario == "cluster":
+        return "; ".join(
+            f"{p['viewers']} viewers: p50 {p.get('p50_ms')} p99 {p.get('p99_ms')} ms, "
+            f"{p.get('cpu_us_per_delivery')} µs CPU/delivery, missing {p.get('missing')}, gaps {p.get('gaps')}, "
+            f"dup {p.get('duplicates')}"
+            for p in r["points"]
+        )
     return (
         f"{r['conversations']} conv, {r['viewers']} viewers: p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms, "
         f"{r.get('cpu_us_per_delivery')} µs CPU/delivery, missing {r.get('missing')}, gaps {r.get('gaps')}, "

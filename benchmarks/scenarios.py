@@ -162,3 +162,39 @@ class Bench(SlowMobile):
             }
 
         return self._with_server(target_name, body)
+
+    def cluster(self, target_name: str) -> dict[str, Any]:
+        """Issue 14: one conversation at 20 events/s, 1,000 then 2,000 viewers; single process or cluster.
+
+        The cluster targets split the viewers over 2 gateways sharing one redis-server, and their CPU
+        is every gateway's plus redis-server's. The top-level figures are the first step's (1,000).
+        """
+        plan = self.plan
+
+        def body(target: Target, server: Server) -> dict[str, Any]:
+            conversation = [str(uuid.uuid4())]
+            interval = 1000.0 / plan.cluster_rate
+            deltas = max(1, round(plan.window_s * plan.cluster_rate))
+            points: list[dict[str, Any]] = []
+            connected = 0
+            for step in plan.cluster_steps:
+                opened = (
+                    self._attach(target, server, conversation, step - connected)
+                    if connected == 0
+                    else self._open(target, server, conversation, step - connected)
+                )
+                connected += opened["opened"]
+                time.sleep(0.5)
+                result = self._repeat(server, conversation, connected, deltas, interval, plan.repeat)
+                points.append({"viewers": connected, "failed": opened["failed"], **result})
+            first = points[0] if points else {}
+            return {
+                **{k: v for k, v in first.items() if k != "runs"},
+                "conversations": 1,
+                "rate_per_s": plan.cluster_rate,
+                "processes": len(server.pids),
+                "points": [{k: v for k, v in p.items() if k != "runs"} for p in points],
+                "upstreams": self.sim.upstreams(conversation),
+            }
+
+        return self._with_server(target_name, body)

@@ -93,8 +93,13 @@ TARGETS: dict[str, Target] = {
         Target("ws-baseline", "ws-baseline", "stomp", "bare websockets broadcast()"),
         Target("sse-baseline", "sse-baseline", "sse", "bare starlette SSE fan-out"),
         Target("rabbitmq", "rabbitmq", "stomp", "RabbitMQ Web-STOMP", cap=RABBIT_CAP),
+        # Issue 14: two gateway processes sharing one redis-server, viewers split between them.
+        Target("cluster-stomp", "cluster", "stomp", "2 gateways + Redis, STOMP over WebSocket"),
+        Target("cluster-sse", "cluster", "sse", "2 gateways + Redis, SSE"),
     )
 }
+# The single process each cluster target is compared with.
+SINGLE_OF = {"cluster-stomp": "gateway-stomp", "cluster-sse": "gateway-sse"}
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -198,6 +203,21 @@ class Server:
         self._log_dir = log_dir
         self._process: ServerProcess | None = None
         self._publisher: subprocess.Popen[bytes] | None = None
+        self._cluster: Any = None
+        self.ports: list[int] = []
+        if target.server == "cluster":
+            from benchmarks.soak.cluster import Cluster  # imports this module
+
+            env = {
+                "GATEWAY_HQ_LINGER_S": "2",
+                "GATEWAY_LOG_LEVEL": "warning",
+                "GATEWAY_LIMITS_UPSTREAM_ACTIVATION_BURST": "0",
+            }
+            self._cluster = Cluster(log_dir, gateways=2, extra_env=env, sim=sim, log_level="warning")
+            self.ports = self._cluster.ports
+            self.port = self.ports[0]
+            self.pid = self._cluster.gateways[0].pid
+            return
         if target.server == "rabbitmq":
             pid = rabbitmq_pid()
             if pid is None:
@@ -225,6 +245,11 @@ class Server:
             ready = f"http://{HOST}:{self.port}/"  # websockets answers 426 to plain HTTP: alive
         self._process = start_process(args, ready_url=ready, env=env, log_dir=log_dir, name=target.server, timeout=30)
         self.pid = self._process.pid
+
+    @property
+    def pids(self) -> list[int]:
+        """Every process a delivery costs CPU in: the server, or all gateways + redis-server of a cluster."""
+        return self._cluster.pids() if self._cluster is not None else [self.pid]
 
     def feed(self, conversations: list[str]) -> None:
         """RabbitMQ only: start the publisher following these conversations (others subscribe upstream themselves)."""
@@ -264,6 +289,8 @@ class Server:
 
     def stop(self) -> None:
         self.unfeed()
+        if self._cluster is not None:
+            self._cluster.stop()
         if self._process is not None:
             _stop(self._process.proc, timeout=15)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -216,6 +217,8 @@ class Gateway:
 
     async def start(self) -> None:
         """Background duties of a running process (Redis health probe, memory journal sweep)."""
+        # Lease values name the instance: this line maps a lease holder to its PID (make soak kills it).
+        log.info("gateway instance %s pid %d", self.instance_id, os.getpid())
         if self.redis is not None:
             self.spawn(self._watch_redis(), name="redis-health")
         if isinstance(self.journal, MemoryJournal):  # expiry must not wait for someone to read
