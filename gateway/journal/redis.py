@@ -87,8 +87,13 @@ for i = 0, n - 1 do
   local b = 9 + i * 7
   local fields = {'stage', ARGV[b + 1], 'body', ARGV[b + 2], 'created_ms', ARGV[b + 3], 'scope', ARGV[b + 4]}
   if ARGV[b + 5] == '1' then
-    fields[9] = 'user_body'
-    fields[10] = ARGV[b + 6]
+    fields[#fields + 1] = 'user_body'
+    fields[#fields + 1] = ARGV[b + 6]
+  end
+  if i == n - 1 and ARGV[6] == '1' then
+    -- The HQ cursor rides on the entry too: a tailer knows where HQ stood even if meta is lost.
+    fields[#fields + 1] = 'cursor'
+    fields[#fields + 1] = ARGV[7]
   end
   redis.call('XADD', journal, ARGV[b] .. '-0', unpack(fields))
 end

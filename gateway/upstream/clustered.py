@@ -98,12 +98,15 @@ class ClusteredConversation:
         told = self._hub.fail_conversation(self.conversation_id, "unavailable")
         log.warning("journal of %s unreachable: %d local viewers told to resume later", self.conversation_id, told)
 
-    def _tell_reset(self, head: JournalHead, delivered: int) -> None:
+    def _tell_reset(self, head: JournalHead, delivered: int, interrupted_at: float | None) -> None:
         bounds = {"oldest": head.oldest, "newest": head.seq} if head.exists and not head.empty else {}
 
         def on_lost_incarnation(sub: Subscriber) -> bool:
-            # Viewers that joined after the loss already stand on what Redis holds now.
-            return sub.cursor != 0 and not (head.exists and head.first - 1 <= sub.cursor <= head.seq)
+            # Viewers that joined after the loss already stand on what Redis holds now; one that joined
+            # before it stands on the lost journal even with cursor 0 (it may not have read it yet).
+            if head.exists and head.first - 1 <= sub.cursor <= head.seq:
+                return False
+            return interrupted_at is None or sub.registered_at < interrupted_at
 
         told = self._hub.fail_conversation(self.conversation_id, "reset", bounds, on_lost_incarnation)
         detail = f"journal of {self.conversation_id} lost under seq {delivered}"
@@ -203,8 +206,11 @@ class ClusteredConversation:
                 self._on_data_loss(f"journal of {self.conversation_id} rolled back from {known} to {head.seq}")
         elif head.exists:
             return None  # intact: resume from what Redis holds
-        # Only our own lead's cursor is exact; a seq seen as a follower resumes HQ from Redis's cursor.
-        return known, led_cursor if led_seq == known else head.cursor
+        # Our own lead's cursor is exact; as a follower, the cursor carried by the last entry we tailed.
+        if led_seq == known:
+            return known, led_cursor
+        tailed = self._tailer.last_cursor if self._tailer is not None else None
+        return known, tailed or head.cursor
 
     async def _mirror(self, upstream: ConversationUpstream) -> None:
         """Follow the leader's stream here, and for the other processes in the ``live`` key (one TTL at a time)."""
