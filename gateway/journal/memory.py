@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ctypes
+import ctypes.util
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -63,6 +65,25 @@ def _never(conversation_id: str) -> bool:
 
 def _ignore(conversation_id: str) -> None:
     return None
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc): envelope bodies are malloc'd one by one, and
+    without it a retired conversation's memory stayed in the process as free heap (RSS crept ~1 MiB
+    per round of 8 expired conversations while the Python heap stayed flat under tracemalloc)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class MemoryJournal:
@@ -140,7 +161,7 @@ class MemoryJournal:
         conv.seq = envelopes[-1].seq
         self._trim(conv, self._cutoff())
         if len(self._convs) > self._max_conversations:
-            self._evict_one()
+            self._evict_one(spare=conversation_id)
 
     async def read(self, conversation_id: str, after: int, limit: int) -> list[Envelope]:
         conv = self._convs.get(conversation_id)
@@ -173,7 +194,8 @@ class MemoryJournal:
         """Sweep every ``sweep_interval_s`` until cancelled (a task the gateway owns)."""
         while True:
             await asyncio.sleep(self.sweep_interval_s)
-            self.sweep()
+            if self.sweep():
+                _return_free_memory()
 
     def _cutoff(self) -> int:
         return int(self._clock() * 1000) - self._max_age_ms
@@ -196,11 +218,11 @@ class MemoryJournal:
         if not self.in_use(conversation_id):
             self.on_retired(conversation_id)
 
-    def _evict_one(self) -> None:
+    def _evict_one(self, spare: str) -> None:
         """Retire the least recently appended conversation nobody uses here (the oldest if all are used)."""
-        victim = next((c for c in self._convs if not self.in_use(c)), None)
+        victim = next((c for c in self._convs if c != spare and not self.in_use(c)), None)
         if victim is None:
-            victim = next(iter(self._convs))
+            victim = next(iter(self._convs))  # never ``spare``: it was just appended, so it is last
         self._retire(victim, self._convs[victim])
         self._bound_tombstones()
 

@@ -112,7 +112,7 @@ return {0, ''}
 """
 )
 
-# Read-only. KEYS: journal, meta. ARGV: now_ms, max_age_ms, max_events, after (-1: the last entry), limit.
+# Read-only. KEYS: journal, meta. ARGV: now_ms, max_age_ms, max_events, after ('last': the newest entry), limit.
 # Returns {} without a journal, else {seq, first, cursor|nil, oldest, entries after `after`}; `oldest`
 # applies count and age retention at read time, exactly like the memory journal.
 _VIEW = (
@@ -128,8 +128,8 @@ if keeper then oldest = math.max(keeper, seq - tonumber(ARGV[3]) + 1) end
 local entries = {}
 local limit = tonumber(ARGV[5])
 if limit > 0 then
-  local after = tonumber(ARGV[4])
-  if after < 0 then after = seq - 1 end
+  local after = seq - 1
+  if ARGV[4] ~= 'last' then after = tonumber(ARGV[4]) end
   local start = math.max(after + 1, oldest)
   if start <= seq then
     entries = redis.call('XRANGE', journal, string.format('%d', start), '+', 'COUNT', limit)
@@ -199,7 +199,7 @@ class RedisJournal:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def _view_call(self, conversation_id: str, after: int, limit: int) -> list[Any]:
+    async def _view_call(self, conversation_id: str, after: int | str, limit: int) -> list[Any]:
         keys = [self.key(conversation_id, "journal"), self.key(conversation_id, "meta")]
         args = [self._now_ms(), self._max_age_ms, self._max_events, after, limit]
         with unavailable_as_error(f"journal read of {conversation_id}"):
@@ -215,7 +215,7 @@ class RedisJournal:
 
     async def head_and_last(self, conversation_id: str) -> tuple[JournalHead, Envelope | None]:
         """The head and the newest retained envelope, in one round trip (a compare-and-append reads both)."""
-        reply = await self._view_call(conversation_id, -1, 1)
+        reply = await self._view_call(conversation_id, "last", 1)
         if not reply:
             return JournalHead(), None
         seq, first, cursor, oldest, entries = reply

@@ -59,13 +59,12 @@ async def stream_endpoint(request: Request) -> Response:
     hook.write_nowait = write_body_nowait_of(request.scope)
     try:  # starting the conversation's upstream is bounded: refused before the stream begins
         who = limit_key(auth.mode, principal.subject, request.client.host if request.client else "unknown")
-        gw.upstreams.hold(conv, who=who)
+        gw.upstreams.reserve(conv, who)  # the stream's own interest holds it from its first frame on
     except ActivationRefused as refusal:
         return activation_refused_response(refusal)
     frames = _frames(gw, conv, since, principal, hook, snapshot=snapshot is not None and since is None,
                      coalesce=coalesce)  # fmt: skip
     response = hook.response = SseResponse(frames, SSE_HEADERS)
-    gw.upstreams.release(conv)  # the stream's own interest holds it from its first frame on
     return response  # type: ignore[return-value]
 
 

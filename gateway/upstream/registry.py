@@ -138,16 +138,26 @@ class UpstreamRegistry:
         refused = active.upstream.state is UpstreamState.FAILED
         return refused and ended is not None and time.monotonic() - ended < self._refused_cooldown_s
 
-    def release(self, conversation_id: str, kind: str = "viewer") -> None:
+    def reserve(self, conversation_id: str, who: str) -> None:
+        """Start (or join) the upstream for a viewer about to attach, within the limits (ActivationRefused).
+
+        For a transport that must answer the refusal before its stream begins: the viewer's own hold
+        has to follow within ``CHURN_LINGER_S``, whatever ``linger_s`` is.
+        """
+        self.hold(conversation_id, "reserved", who)
+        self.release(conversation_id, "reserved", linger_s=CHURN_LINGER_S)
+
+    def release(self, conversation_id: str, kind: str = "viewer", *, linger_s: float | None = None) -> None:
         active = self._active.get(conversation_id)
         if active is None:
             return
         active.holds -= 1
         active.holders[kind] -= 1
         if active.holds <= 0:
-            # Lingers at most as long as it was in use: a churned subscription's upstream goes soon.
-            used_s = time.monotonic() - active.started
-            linger_s = min(self._linger_s, max(CHURN_LINGER_S, used_s))
+            if linger_s is None:
+                # Lingers at most as long as it was in use: a churned subscription's upstream goes soon.
+                used_s = time.monotonic() - active.started
+                linger_s = min(self._linger_s, max(CHURN_LINGER_S, used_s))
             active.linger = asyncio.get_running_loop().call_later(linger_s, self._stop_if_idle, conversation_id)
 
     @asynccontextmanager
