@@ -260,9 +260,6 @@ class _LeanQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def qsize(self) -> int:
-        return len(self._items)
-
     async def get(self) -> Any:
         while not self._items:
             self._ready.clear()
