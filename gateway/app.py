@@ -141,7 +141,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     )
     gw.on_drain.append(stomp.server.close_all)
 
-    hooks = hooks_for(settings)
+    hooks = hooks_for(settings, on_refusal=lambda reason: refusals.labels(reason).inc())
 
     def guards(inner: ASGIApp) -> ASGIApp:
         limited: ASGIApp = ApiCors(inner, allowed=auth.allowed_origins, refusals=refusals)

@@ -8,6 +8,7 @@ and ``hqgw_server_hooks{hook}`` say which way it went.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,18 @@ class ServerHooks:
         return f"server hooks off ({self.reason}): plain ASGI, stuck sockets linger, fan-out writes are async"
 
 
-def load_hooks(enabled: bool, *, max_head_bytes: int, head_timeout_s: float, max_heads_per_address: int) -> ServerHooks:
-    """The uvicorn protocols to run: the hook classes when ``enabled`` and importable, else uvicorn's own."""
+def load_hooks(
+    enabled: bool,
+    *,
+    max_head_bytes: int,
+    head_timeout_s: float,
+    max_heads_per_address: int,
+    on_refusal: Callable[[str], None] | None = None,
+) -> ServerHooks:
+    """The uvicorn protocols to run: the hook classes when ``enabled`` and importable, else uvicorn's own.
+
+    ``on_refusal(reason)`` hears of every connection the head limits refuse (for a metric).
+    """
     if not enabled:
         return ServerHooks("h11", "websockets-sansio", False, "GATEWAY_SERVER_HOOKS=off")
     try:
@@ -55,17 +66,18 @@ def load_hooks(enabled: bool, *, max_head_bytes: int, head_timeout_s: float, max
         return ServerHooks("h11", "auto", False, f"cannot import them: {exc}")
     if missing:
         return ServerHooks("h11", "websockets-sansio", False, f"this uvicorn lacks {', '.join(missing)}")
-    http = uvicorn_hooks.bounded_http_protocol(max_head_bytes, head_timeout_s, max_heads_per_address)
+    http = uvicorn_hooks.bounded_http_protocol(max_head_bytes, head_timeout_s, max_heads_per_address, on_refusal)
     return ServerHooks(http, uvicorn_hooks.AbortableWebSocketProtocol, True, "")
 
 
-def hooks_for(settings: Settings) -> ServerHooks:
+def hooks_for(settings: Settings, on_refusal: Callable[[str], None] | None = None) -> ServerHooks:
     """``load_hooks`` as ``settings`` ask: GATEWAY_SERVER_HOOKS, head bounds, per-address limit."""
     return load_hooks(
         settings.server_hooks == "on",
         max_head_bytes=settings.max_header_bytes,
         head_timeout_s=settings.request_head_timeout_s,
         max_heads_per_address=settings.max_connections_per_client,
+        on_refusal=on_refusal,
     )
 
 

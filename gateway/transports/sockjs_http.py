@@ -63,10 +63,6 @@ class SockJsServer:
         self._closing = False
 
     @property
-    def session_count(self) -> int:
-        return len(self._sessions)
-
-    @property
     def connection_count(self) -> int:
         return len(self._sessions) + len(self._sockets.sockets)
 

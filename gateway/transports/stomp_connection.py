@@ -500,9 +500,3 @@ def _header(req: SubscribeRequest, name: str) -> str | None:
         if key == name:
             return value
     return None
-
-
-async def stomp_handler_factory(
-    gw: ViewerServices, pipe: Pipe, info: ConnectionInfo, auth: Authenticator
-) -> StompConnection:
-    return StompConnection(gw, pipe, info, auth=auth)

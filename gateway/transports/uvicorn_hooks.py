@@ -108,7 +108,10 @@ class AbortableHttpProtocol(HttpToolsProtocol):
 
 
 def bounded_http_protocol(
-    max_head_bytes: int, head_timeout_s: float, max_heads_per_address: int
+    max_head_bytes: int,
+    head_timeout_s: float,
+    max_heads_per_address: int,
+    on_refusal: Callable[[str], None] | None = None,
 ) -> type[AbortableHttpProtocol]:
     """uvicorn's ``http=`` class: ``AbortableHttpProtocol`` with request heads bounded in size and time.
 
@@ -116,6 +119,8 @@ def bounded_http_protocol(
     ``head_timeout_s`` after it began (or after the connection opened) 408; both close the
     connection. Connections whose head is still arriving count per client address: beyond
     ``max_heads_per_address`` (0: unbounded) a new connection is answered 429 at once.
+    ``on_refusal`` hears each refusal's reason (``request_head_too_large``, ``request_head_timeout``,
+    ``too_many_incomplete_heads``).
     """
     heads: Counter[str] = Counter()  # client address → connections in the middle of a head
 
@@ -132,7 +137,7 @@ def bounded_http_protocol(
             super().connection_made(transport)
             address = self.client[0] if self.client else "unknown"
             if max_heads_per_address and heads[address] >= max_heads_per_address:
-                self._refuse(b"429 Too Many Requests", TOO_MANY_HEADS)
+                self._refuse(b"429 Too Many Requests", TOO_MANY_HEADS, "too_many_incomplete_heads")
                 return
             self._head_begins(address)
 
@@ -146,7 +151,7 @@ def bounded_http_protocol(
             if self._in_head:
                 self._head_bytes += len(data)
                 if self._head_bytes > max_head_bytes:
-                    self._refuse(b"431 Request Header Fields Too Large", HEAD_TOO_LARGE)
+                    self._refuse(b"431 Request Header Fields Too Large", HEAD_TOO_LARGE, "request_head_too_large")
                     return
             super().data_received(data)
 
@@ -182,11 +187,13 @@ def bounded_http_protocol(
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
-            self._refuse(b"408 Request Timeout", HEAD_TIMEOUT)
+            self._refuse(b"408 Request Timeout", HEAD_TIMEOUT, "request_head_timeout")
 
-        def _refuse(self, status: bytes, body: bytes) -> None:
+        def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
             self._refused = True
             self._head_ends()
+            if on_refusal is not None:
+                on_refusal(reason)
             if not self.transport.is_closing():
                 self.transport.write(_plain_response(status, body))
                 self.transport.close()
@@ -259,9 +266,6 @@ class _LeanQueue:
 
     def empty(self) -> bool:
         return not self._items
-
-    def qsize(self) -> int:
-        return len(self._items)
 
     async def get(self) -> Any:
         while not self._items:

@@ -92,6 +92,8 @@ def test_slow_heads_are_answered_408_and_closed_while_a_viewer_is_served(
     for s in slow:
         assert s.answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), s.answer[:80]
         assert s.closed_after is not None and 0.4 < s.closed_after < 5.0
+    metrics = httpx.get(f"{gw.url}/metrics", timeout=TIMEOUT_S).text
+    assert 'hqgw_refusals_total{reason="request_head_timeout"} 20.0' in metrics
 
 
 def test_incomplete_heads_count_toward_the_per_address_limit(
@@ -117,3 +119,5 @@ def test_incomplete_heads_count_toward_the_per_address_limit(
     finally:
         for sock in half_open:
             sock.close()
+    metrics = httpx.get(f"{gw.url}/metrics", timeout=TIMEOUT_S).text
+    assert 'hqgw_refusals_total{reason="too_many_incomplete_heads"} 1.0' in metrics
