@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import bridge, conversation, health
+from gateway.api import admin, bridge, conversation, health
 from gateway.api.console import console_routes
 from gateway.api.cors import ApiCors
 from gateway.auth import Authenticator
@@ -41,6 +41,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/conversation/audit/{conversationId}/snapshot", conversation.snapshot, methods=["GET"]),
         Route("/api/v1/bridge/conversations", bridge.list_pins, methods=["GET"]),
         Route("/api/v1/bridge/conversations/{conversationId}", bridge.conversation_pin, methods=bridge.PIN_METHODS),
+        Route("/api/v1/conversation/presence/{conversationId}", admin.presence, methods=["GET"]),
+        Route("/api/v1/admin/conversations", admin.list_conversations, methods=["GET"]),
+        Route("/api/v1/admin/conversations/{conversationId}/viewers", admin.disconnect_viewers, methods=["DELETE"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

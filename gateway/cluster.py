@@ -167,8 +167,10 @@ class JournalTailer:
         self._key = journal.key(conversation_id, "journal")
         self.connected = False
         self.gaps = 0
-        # Told when the journal under our position was lost or rolled back (head, last seq we delivered).
-        self.on_reset: Callable[[JournalHead, int], None] | None = None
+        self.last_cursor: str | None = None  # HQ's id: of the last delivered upstream event
+        # Told when the journal under our position was lost or rolled back: (head now, last seq we
+        # delivered, when our reads were interrupted: viewers registered later stand on the new journal).
+        self.on_reset: Callable[[JournalHead, int, float | None], None] | None = None
         # Told once per outage when Redis stays unreadable for ``outage_notice_s``.
         self.on_outage: Callable[[], None] | None = None
         self.outage_notice_s = 5.0
@@ -232,7 +234,7 @@ class JournalTailer:
         if head.exists and head.seq < self.last_seq:
             self.last_seq = head.first - 1
         if self.on_reset is not None:
-            self.on_reset(head, delivered)
+            self.on_reset(head, delivered, self._down_since)
 
     def _deliver(self, reply: Any) -> None:
         # RESP2: [[key, entries]]; RESP3: {key: [entries]}.
@@ -240,8 +242,16 @@ class JournalTailer:
             streams: Sequence[Any] = [entries for value in reply.values() for entries in value]
         else:
             streams = [stream[1] for stream in reply or ()]
-        envelopes = [decode_entry(entry_id, fields) for entries in streams for entry_id, fields in entries]
-        envelopes = [env for env in envelopes if env.seq > self.last_seq]
+        envelopes = []
+        for entries in streams:
+            for entry_id, fields in entries:
+                env = decode_entry(entry_id, fields)
+                if env.seq <= self.last_seq:
+                    continue
+                envelopes.append(env)
+                cursor = fields.get(b"cursor") if isinstance(fields, dict) else None
+                if cursor is not None:
+                    self.last_cursor = cursor.decode()
         if not envelopes:
             return
         if self.last_seq and envelopes[0].seq != self.last_seq + 1:

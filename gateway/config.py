@@ -192,6 +192,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bridge_tls_verify", "bridge", "tls_verify", bool, True),
     Setting("mapping_file", "normalize", "mapping_file", str, ""),
     Setting("unknown_events", "normalize", "unknown_events", str, "keep", _one_of("keep", "drop")),
+    Setting("presence_interval_s", "presence", "interval_s", float, 1.0, _range(0.05, 60)),
+    Setting("presence_ttl_s", "presence", "ttl_s", float, 5.0, _range(0.2, 600)),
+    Setting("presence_max_subjects", "presence", "max_subjects", int, 1000, _range(0, 100_000)),
 )
 
 
@@ -277,6 +280,9 @@ class Settings:
     bridge_tls_verify: bool = True
     mapping_file: str = ""
     unknown_events: str = "keep"
+    presence_interval_s: float = 1.0
+    presence_ttl_s: float = 5.0
+    presence_max_subjects: int = 1000
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -349,6 +355,8 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     tls_files = settings.bridge_tls_ca_file or settings.bridge_tls_cert_file or settings.bridge_tls_key_file
     if tls_files and not settings.bridge_url.startswith("stomp+ssl://"):
         raise ConfigError("GATEWAY_BRIDGE_TLS_*: set, but GATEWAY_BRIDGE_URL is not a stomp+ssl:// URL")
+    if settings.presence_ttl_s < 2 * settings.presence_interval_s:
+        raise ConfigError("GATEWAY_PRESENCE_TTL_S: must be at least twice GATEWAY_PRESENCE_INTERVAL_S")
     if settings.mapping_file and not Path(settings.mapping_file).is_file():
         raise ConfigError(f"GATEWAY_NORMALIZE_MAPPING_FILE: file not found: {settings.mapping_file}")
     return settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ REASONS: dict[str, Reason] = {
     "unavailable": Reason("journal_unavailable", "error", "the journal (Redis) is unreachable; reconnect later"),
     "internal": Reason("internal_error", "error", "delivery to this viewer failed"),
     "shutdown": Reason("shutdown", "stale", "server shutting down"),
+    "disconnected_by_admin": Reason(
+        "disconnected_by_admin", "error", "an operator ended this conversation's viewers; reconnect later"
+    ),
 }
 
 
@@ -122,6 +126,7 @@ class Subscriber:
         "direct_batch",
         "failure",
         "on_fail",
+        "registered_at",
     )
 
     def __init__(
@@ -130,6 +135,7 @@ class Subscriber:
     ) -> None:  # fmt: skip
         self._journal = journal
         self.conversation_id = conversation_id
+        self.registered_at = time.monotonic()  # which journal incarnation it stands on, after a loss
         self.cursor = cursor
         self.catch_up_to = catch_up_to
         self._queue: deque[Envelope] | None = None  # created when an envelope must wait
@@ -261,7 +267,8 @@ class Subscriber:
                 if queue:
                     target = max(target, queue[0].first_seq - 1)
             if self.cursor < target:
-                return await self._from_journal(min(limit, target - self.cursor))
+                live_from = queue[0].first_seq if queue else None
+                return await self._from_journal(min(limit, target - self.cursor), live_from)
             if queue:
                 batch: list[Envelope] = []
                 while queue and len(batch) < limit and queue[0].first_seq == self.cursor + 1:
@@ -282,7 +289,7 @@ class Subscriber:
                 self._idle = False
                 self._waiter = None
 
-    async def _from_journal(self, count: int) -> list[Envelope]:
+    async def _from_journal(self, count: int, live_from: int | None = None) -> list[Envelope]:
         try:
             envs = await self._journal.read(self.conversation_id, self.cursor, count)
         except JournalUnavailable as exc:
@@ -290,7 +297,11 @@ class Subscriber:
             log.warning("journal read for a viewer of %s failed: %s", self.conversation_id, exc)
             self.fail("unavailable")
             raise SubscriberStale("unavailable", self.cursor) from exc
-        if not envs or (envs[0].seq != self.cursor + 1 and self.cursor != 0):
+        # Cursor 0 ("before everything") takes whatever the journal starts with, unless it starts after
+        # an envelope this viewer was already offered live: then that envelope was lost under it
+        # (Redis lost its data, a new incarnation began) and the viewer must hear so.
+        lost_from_start = self.cursor == 0 and live_from is not None and envs and envs[0].seq > live_from
+        if not envs or (envs[0].seq != self.cursor + 1 and self.cursor != 0) or lost_from_start:
             # Retention trimmed what this viewer still needed while it was catching up.
             self.fail("expired")
             raise SubscriberStale("expired", self.cursor)

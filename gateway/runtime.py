@@ -27,6 +27,8 @@ from gateway.journal.memory import MemoryJournal
 from gateway.journal.redis import RedisJournal
 from gateway.limits import TokenBuckets
 from gateway.metrics import Metrics
+from gateway.presence import Presence
+from gateway.presence_redis import RedisPresence
 from gateway.upstream.client import HqClient
 from gateway.upstream.clustered import ClusteredConversation
 from gateway.upstream.registry import Activation, UpstreamRegistry
@@ -123,6 +125,9 @@ class Gateway:
             self.journal.in_use = lambda c: self.hub.viewers(c) > 0 or self.upstreams.get(c) is not None
             self.journal.on_retired = self.hub.forget
         self.metrics.conversations.set_function(self._active_conversations)
+        self.presence = Presence(instance=self.instance_id, hub=self.hub, upstreams=self.upstreams,
+                                 registry=self.metrics.registry, max_subjects=settings.presence_max_subjects,
+                                 interval_s=settings.presence_interval_s, store=self._presence_store())  # fmt: skip
         self.shutting_down = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._drained = False
@@ -142,6 +147,13 @@ class Gateway:
             self.bridge = Bridge(settings, journal=self.journal, hub=self.hub, upstreams=self.upstreams,
                                  metrics=self.metrics, **cluster)  # fmt: skip
 
+    def _presence_store(self) -> RedisPresence | None:
+        if self.redis is None:
+            return None
+        return RedisPresence(self.redis, self._tail_redis, prefix=self.settings.redis_key_prefix,
+                             instance=self.instance_id, interval_s=self.settings.presence_interval_s,
+                             ttl_s=self.settings.presence_ttl_s)  # fmt: skip
+
     def remember_submission(self, conversation_id: str, key: str) -> bool:
         """True the first time an idempotency key is seen for a conversation (within an hour)."""
         now = time.monotonic()
@@ -153,6 +165,10 @@ class Gateway:
             return False
         self._submissions[(conversation_id, key)] = now
         return True
+
+    def forget_submission(self, conversation_id: str, key: str) -> None:
+        """A submission that failed before reaching HQ: its key may be used again as a first one."""
+        self._submissions.pop((conversation_id, key), None)
 
     def _new_upstream(self, conversation_id: str) -> Activation:
         s = self.settings
@@ -207,6 +223,7 @@ class Gateway:
             self.spawn(self._watch_redis(), name="redis-health")
         if isinstance(self.journal, MemoryJournal):  # expiry must not wait for someone to read
             self.spawn(self.journal.run_sweeper(), name="journal-sweep")
+        self.spawn(self.presence.run(), name="presence")
 
     async def _watch_redis(self) -> None:
         assert self.redis is not None
@@ -303,6 +320,7 @@ class Gateway:
         for task in list(self._tasks):
             with suppress(asyncio.CancelledError):
                 await task
+        await self.presence.close()
         await self.upstreams.close()
         await self.hq.close()
         await self.journal.close()

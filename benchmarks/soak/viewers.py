@@ -168,6 +168,9 @@ class _Stomp(_Connection):
         for frame in wire.stomp_frames(payload):
             if frame.startswith(b"MESSAGE"):
                 seq = wire.stomp_header(frame, b"seq")
+                stale = wire.stomp_header(frame, b"stale")
+                if stale:  # DESIGN: a STOMP resume that is not exact says so on its first MESSAGE
+                    self.viewer.told(f"STOMP stale {stale[:160].decode(errors='replace')}")
                 self.viewer.envelope(int(seq) if seq else None, wire.stomp_body(frame))
             elif frame.startswith(b"CONNECTED"):
                 headers = {

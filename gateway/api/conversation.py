@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
 from gateway.envelope import Envelope
+from gateway.errors import JournalConflict, JournalUnavailable
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.limits import TokenBuckets, limit_key
 from gateway.runtime import Gateway
@@ -173,7 +174,17 @@ async def _submit(request: Request, gw: Gateway) -> Response:
         upstream.turn_ended.clear()
         first_time = gw.remember_submission(conv, key)
         if first_time:
-            await upstream.originate("gateway.user_input", {"message": message, "inputParams": params})
+            try:
+                await upstream.originate("gateway.user_input", {"message": message, "inputParams": params})
+            except (JournalUnavailable, JournalConflict) as exc:
+                # Nothing reached HQ: the same idempotencyKey may be retried as a first submission.
+                gw.forget_submission(conv, key)
+                code = "journal_unavailable" if isinstance(exc, JournalUnavailable) else "journal_busy"
+                return JSONResponse(
+                    {"error": code, "message": f"the turn could not be journaled ({exc}); nothing was submitted, "
+                     "retry with the same idempotencyKey"},
+                    status_code=503, headers={"Retry-After": "1"},
+                )  # fmt: skip
         hq_body: dict[str, Any] = {"text": message, "idempotency_key": key}
         if attachments:
             hq_body["attachments"] = attachments

@@ -87,8 +87,13 @@ for i = 0, n - 1 do
   local b = 9 + i * 7
   local fields = {'stage', ARGV[b + 1], 'body', ARGV[b + 2], 'created_ms', ARGV[b + 3], 'scope', ARGV[b + 4]}
   if ARGV[b + 5] == '1' then
-    fields[9] = 'user_body'
-    fields[10] = ARGV[b + 6]
+    fields[#fields + 1] = 'user_body'
+    fields[#fields + 1] = ARGV[b + 6]
+  end
+  if i == n - 1 and ARGV[6] == '1' then
+    -- The HQ cursor rides on the entry too: a tailer knows where HQ stood even if meta is lost.
+    fields[#fields + 1] = 'cursor'
+    fields[#fields + 1] = ARGV[7]
   end
   redis.call('XADD', journal, ARGV[b] .. '-0', unpack(fields))
 end
@@ -107,7 +112,7 @@ return {0, ''}
 """
 )
 
-# Read-only. KEYS: journal, meta. ARGV: now_ms, max_age_ms, max_events, after, limit.
+# Read-only. KEYS: journal, meta. ARGV: now_ms, max_age_ms, max_events, after (-1: the last entry), limit.
 # Returns {} without a journal, else {seq, first, cursor|nil, oldest, entries after `after`}; `oldest`
 # applies count and age retention at read time, exactly like the memory journal.
 _VIEW = (
@@ -123,7 +128,9 @@ if keeper then oldest = math.max(keeper, seq - tonumber(ARGV[3]) + 1) end
 local entries = {}
 local limit = tonumber(ARGV[5])
 if limit > 0 then
-  local start = math.max(tonumber(ARGV[4]) + 1, oldest)
+  local after = tonumber(ARGV[4])
+  if after < 0 then after = seq - 1 end
+  local start = math.max(after + 1, oldest)
   if start <= seq then
     entries = redis.call('XRANGE', journal, string.format('%d', start), '+', 'COUNT', limit)
   end
@@ -205,6 +212,15 @@ class RedisJournal:
             return JournalHead()
         seq, first, cursor, oldest, _ = reply
         return JournalHead(int(seq), int(oldest), cursor.decode() if cursor is not None else None, int(first))
+
+    async def head_and_last(self, conversation_id: str) -> tuple[JournalHead, Envelope | None]:
+        """The head and the newest retained envelope, in one round trip (a compare-and-append reads both)."""
+        reply = await self._view_call(conversation_id, -1, 1)
+        if not reply:
+            return JournalHead(), None
+        seq, first, cursor, oldest, entries = reply
+        head = JournalHead(int(seq), int(oldest), cursor.decode() if cursor is not None else None, int(first))
+        return head, decode_entry(*entries[0]) if entries else None
 
     async def append(
         self,

@@ -1,4 +1,4 @@
-"""What a viewer transport may use of the running gateway: the hub, interest, metrics and settings.
+"""What a viewer transport may use of the running gateway: the hub, interest, presence, metrics and settings.
 
 A narrow view of ``gateway.runtime.Gateway`` (which satisfies it), so transports depend on the hub,
 the interest registry and metrics rather than on the runtime that assembles them.
@@ -12,6 +12,7 @@ from typing import Protocol
 from gateway.config import Settings
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.presence import Presence
 from gateway.upstream.registry import UpstreamRegistry
 
 
@@ -29,6 +30,9 @@ class ViewerServices(Protocol):
 
     @property
     def metrics(self) -> Metrics: ...
+
+    @property
+    def presence(self) -> Presence: ...  # who watches: counted on attach and detach, never per delivery
 
     @property
     def shutting_down(self) -> asyncio.Event: ...

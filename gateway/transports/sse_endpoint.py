@@ -182,6 +182,7 @@ async def _frames(
             return
         sub.on_fail = hook
         metrics.viewers.labels("sse").inc()
+        seen = gw.presence.attach(conv, "sse", principal.subject)
         log.info("sse attach %s since=%s snapshot=%s cursor=%d", hook.label, since, snapshot, sub.cursor)
         outcome = "client gone"
         if since is not None:
@@ -237,4 +238,5 @@ async def _frames(
                 outcome = f"cut loose mid-write: {hook.aborted_reason}"
             log.info("sse detach %s cursor=%d (%s)", hook.label, sub.cursor, outcome)
             metrics.viewers.labels("sse").dec()
+            gw.presence.detach(seen)
             gw.hub.unsubscribe(sub)

@@ -18,6 +18,7 @@ from gateway.errors import JournalUnavailable
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.limits import limit_key
+from gateway.presence import DISCONNECTED_BY_ADMIN, Viewer
 from gateway.protocols.stomp import (
     ConnectRequest,
     DisconnectRequest,
@@ -87,6 +88,7 @@ class _Subscription:
     subscriber: Subscriber
     task: asyncio.Task[None] | None = None
     user: bool = False  # user scope: diagnostic/accounting envelopes skipped, stripped bodies sent
+    seen: Viewer | None = None  # its presence record
 
 
 class StompConnection:
@@ -218,6 +220,7 @@ class StompConnection:
                  self.session.session_id, req.id, conv, since, snapshot, subscriber.cursor)  # fmt: skip
         metrics = self._gw.metrics
         metrics.viewers.labels(self._info.transport).inc()
+        entry.seen = self._gw.presence.attach(conv, self._info.transport, principal.subject)
         if since is not None:
             metrics.resumes.labels(notice.reason if notice else "exact").inc()
         # The RECEIPT must precede the first MESSAGE: flush before delivery starts.
@@ -238,6 +241,8 @@ class StompConnection:
         self._gw.hub.unsubscribe(entry.subscriber)
         self._gw.upstreams.release(entry.conversation)
         self._gw.metrics.viewers.labels(self._info.transport).dec()
+        if entry.seen is not None:
+            self._gw.presence.detach(entry.seen)
 
     async def _deliver(self, sub_id: str, entry: _Subscription, notice: StaleNotice | None) -> None:
         destination = destination_of(entry.conversation)
@@ -290,6 +295,12 @@ class StompConnection:
         self._gw.metrics.disconnects.labels(exc.reason).inc()
         if exc.reason == "shutdown":
             await self._pipe.close(1001, "server shutting down; reconnect and resume with since-seq")
+            return
+        if exc.reason == DISCONNECTED_BY_ADMIN:
+            self.session.reject(DISCONNECTED_BY_ADMIN, body="an operator ended this conversation's viewers; "
+                                f"reconnect later and resume with since-seq:{exc.cursor}")  # fmt: skip
+            await self._flush()
+            await self._pipe.close(1008, "disconnected by admin")
             return
         self.session.reject(exc.stomp_message())
         await self._flush()

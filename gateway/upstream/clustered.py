@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -31,7 +32,8 @@ from gateway.upstream.supervisor import ConversationUpstream, Sink, UpstreamStat
 
 log = logging.getLogger("gateway.cluster")
 
-ORIGINATE_ATTEMPTS = 5
+ORIGINATE_ATTEMPTS = 20
+ORIGINATE_BACKOFF_S = 0.01
 TURN_END_STAGES = (b"ASSISTANT_OUTPUT", b"ENGINE_RETURN")
 
 
@@ -96,12 +98,15 @@ class ClusteredConversation:
         told = self._hub.fail_conversation(self.conversation_id, "unavailable")
         log.warning("journal of %s unreachable: %d local viewers told to resume later", self.conversation_id, told)
 
-    def _tell_reset(self, head: JournalHead, delivered: int) -> None:
+    def _tell_reset(self, head: JournalHead, delivered: int, interrupted_at: float | None) -> None:
         bounds = {"oldest": head.oldest, "newest": head.seq} if head.exists and not head.empty else {}
 
         def on_lost_incarnation(sub: Subscriber) -> bool:
-            # Viewers that joined after the loss already stand on what Redis holds now.
-            return sub.cursor != 0 and not (head.exists and head.first - 1 <= sub.cursor <= head.seq)
+            # Viewers that joined after the loss already stand on what Redis holds now; one that joined
+            # before it stands on the lost journal even with cursor 0 (it may not have read it yet).
+            if head.exists and head.first - 1 <= sub.cursor <= head.seq:
+                return False
+            return interrupted_at is None or sub.registered_at < interrupted_at
 
         told = self._hub.fail_conversation(self.conversation_id, "reset", bounds, on_lost_incarnation)
         detail = f"journal of {self.conversation_id} lost under seq {delivered}"
@@ -201,8 +206,11 @@ class ClusteredConversation:
                 self._on_data_loss(f"journal of {self.conversation_id} rolled back from {known} to {head.seq}")
         elif head.exists:
             return None  # intact: resume from what Redis holds
-        # Only our own lead's cursor is exact; a seq seen as a follower resumes HQ from Redis's cursor.
-        return known, led_cursor if led_seq == known else head.cursor
+        # Our own lead's cursor is exact; as a follower, the cursor carried by the last entry we tailed.
+        if led_seq == known:
+            return known, led_cursor
+        tailed = self._tailer.last_cursor if self._tailer is not None else None
+        return known, tailed or head.cursor
 
     async def _mirror(self, upstream: ConversationUpstream) -> None:
         """Follow the leader's stream here, and for the other processes in the ``live`` key (one TTL at a time)."""
@@ -242,13 +250,14 @@ class ClusteredConversation:
         if leader is not None:
             await leader.originate(name, data)
             return
-        for _ in range(ORIGINATE_ATTEMPTS):
-            head = await self._journal.head(self.conversation_id)
+        for attempt in range(ORIGINATE_ATTEMPTS):
+            if attempt:
+                # The holder appended in between (a turn streams ~25 events/s): step aside a moment.
+                await asyncio.sleep(random.uniform(0, ORIGINATE_BACKOFF_S * attempt))
+            head, last = await self._journal.head_and_last(self.conversation_id)
             turn = TurnState()
-            if head.exists and not head.empty:
-                last = await self._journal.read(self.conversation_id, head.seq - 1, 1)
-                if last:
-                    turn = TurnState.from_meta(last[0].as_dict()["payload"].get("_meta", {}))
+            if last is not None and last.seq == head.seq:
+                turn = TurnState.from_meta(last.as_dict()["payload"].get("_meta", {}))
             seq = head.seq + 1 if head.exists else int(time.time() * 1000) + 1
             env, _ = normalize(HqEvent(name, data), seq=seq, conversation_id=self.conversation_id, turn=turn,
                                mapping=self._mapping, now_ms=int(time.time() * 1000))  # fmt: skip

@@ -35,6 +35,12 @@ def _reason_label(reason: str) -> str:
     return "other"
 
 
+def _raise_if_cancelled() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Sink(Protocol):
     """Where normalized envelopes go: journal first (with the cursor), then viewers."""
 
@@ -87,6 +93,12 @@ class ConversationUpstream:
         self._append_lock = asyncio.Lock()  # the run loop and REST submissions both append
         # Cluster mode: (seq, cursor) this process last knew, for when Redis lost the journal under it.
         self.resume_hint: tuple[int, str | None] | None = None
+        # Health for the admin API (epoch seconds / ms): set per upstream event or state change, never per delivery.
+        self.last_event_at: float | None = None
+        self.connected_since: float | None = None
+        self.turn_started_ms: int | None = None
+        self.ttft_ms: int | None = None  # time to first token of the current (or last) turn
+        self._timed_turn = -1
 
     async def run(self) -> None:
         await self._load()
@@ -97,6 +109,7 @@ class ConversationUpstream:
             try:
                 async with self._hq.open_stream(self.conversation_id, self.cursor) as events:
                     self.state = UpstreamState.LIVE
+                    self.connected_since = time.time()
                     self.connected.set()
                     self._metrics.upstream_connects.inc()
                     self._metrics.upstream_connected.inc()
@@ -117,6 +130,9 @@ class ConversationUpstream:
                             break
                         else:
                             await self._accept(item)
+                            # redis-py sends under asyncio.wait_for, which on Python 3.11 can swallow a
+                            # cancel: an upstream told to stop must not go on streaming HQ regardless.
+                            _raise_if_cancelled()
             except UpstreamFatal as exc:
                 self._disconnected()
                 self.state = UpstreamState.FAILED
@@ -139,9 +155,11 @@ class ConversationUpstream:
             self._metrics.upstream_reconnects.labels(_reason_label(reason)).inc()
             delay = self._backoff.next_delay()
             log.info("upstream reconnect conversation=%s in %.2fs: %s", self.conversation_id, delay, reason)
+            _raise_if_cancelled()
             await asyncio.sleep(delay)
 
     def _disconnected(self) -> None:
+        self.connected_since = None
         if self.connected.is_set():
             self.connected.clear()
             self._metrics.upstream_connected.dec()
@@ -162,6 +180,10 @@ class ConversationUpstream:
             last = await self._journal.read(self.conversation_id, head.seq - 1, 1)
             if last:
                 self.turn = TurnState.from_meta(last[0].as_dict()["payload"].get("_meta", {}))
+                if self.turn.turn != self._timed_turn:  # e.g. a USER_INPUT another process appended
+                    # Timed only from its USER_INPUT: a turn taken over midway has no knowable start here.
+                    started = last[0].created_ms if last[0].stage == "USER_INPUT" else None
+                    self._timed_turn, self.turn_started_ms, self.ttft_ms = self.turn.turn, started, None
 
     async def _fetch_info(self) -> None:
         try:
@@ -191,6 +213,7 @@ class ConversationUpstream:
 
     async def _accept(self, event: HqEvent) -> None:
         self._metrics.events_in.labels(event.name if event.name in KNOWN_EVENTS else "other").inc()
+        self.last_event_at = time.time()
         if self._is_duplicate(event.id):
             return
         if event.id is not None:
@@ -237,4 +260,12 @@ class ConversationUpstream:
                 self.cursor = keep_cursor
                 continue
             self.seq, self.turn = env.seq, turn
+            self._time_turn(event.name, env.created_ms)
             return
+
+    def _time_turn(self, name: str, created_ms: int) -> None:
+        """Time to first token: from the turn's first envelope (its USER_INPUT) to its first reply text."""
+        if self.turn.turn != self._timed_turn:
+            self._timed_turn, self.turn_started_ms, self.ttft_ms = self.turn.turn, created_ms, None
+        if self.ttft_ms is None and self.turn_started_ms is not None and name in ("text_delta", "final"):
+            self.ttft_ms = max(0, created_ms - self.turn_started_ms)

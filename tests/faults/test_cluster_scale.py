@@ -181,3 +181,24 @@ def test_a_viewer_whose_redis_call_waits_past_the_pool_timeout_is_told(
             await v.stop()
 
     asyncio.run(main())
+
+
+def test_a_turn_that_cannot_be_journaled_is_answered_503_not_500(
+    start_simulator: StartSimulator, start_gateway: StartGateway, redis_factory: Callable[..., RedisServer], conv: str
+) -> None:
+    redis = redis_factory()
+    sim = start_simulator()
+    # A long lease: the holder still believes its stream is live when the turn arrives.
+    gw = start_gateway(sim.url, **cluster_env(redis.url, GATEWAY_REDIS_LEASE_TTL_MS="20000"))
+
+    async def main() -> None:
+        (viewer,) = viewers_of(gw, conv, 1)
+        await all_attached([viewer])
+        await eventually(lambda: "upstream live" in gw.log(), 10, "the holder's HQ stream is live")
+        redis.kill()
+        reply = submit(gw, conv, "never journaled [deltas=3]", idempotencyKey="k-1")
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"] == "journal_unavailable" and reply.headers["Retry-After"] == "1"
+        await viewer.stop()
+
+    asyncio.run(main())

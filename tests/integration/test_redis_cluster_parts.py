@@ -77,7 +77,9 @@ def test_keys_carry_the_hash_tag_and_a_retention_ttl(redis_url: str) -> None:
         for kind in ("journal", "meta"):
             assert 0 < await c.pttl(f"hqgw:{{{CID}}}:{kind}") <= 60_000
         entry = (await c.xrange(f"hqgw:{{{CID}}}:journal"))[0]
-        assert entry[0] == b"1-0" and set(entry[1]) == {b"stage", b"body", b"created_ms", b"scope"}
+        # The entry carries the HQ cursor it was appended with: a tailer knows it even if meta is lost.
+        assert entry[0] == b"1-0" and entry[1][b"cursor"] == b"h1"
+        assert set(entry[1]) == {b"stage", b"body", b"created_ms", b"scope", b"cursor"}
         assert await c.hgetall(f"hqgw:{{{CID}}}:meta") == {b"seq": b"1", b"first": b"1", b"cursor": b"h1"}
         with pytest.raises(ConfigError):
             RedisJournal(c, prefix="x{y}", max_events=1, max_age_s=1)

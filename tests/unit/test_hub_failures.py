@@ -138,3 +138,21 @@ def test_failing_a_conversation_tells_only_the_viewers_it_names() -> None:
         assert exc.value.sse_data() == ("stale", {"reason": "reset", "resumeFrom": 3, "oldest": 7, "newest": 9})
 
     asyncio.run(main())
+
+
+def test_a_viewer_from_before_the_journal_hears_when_the_journal_lost_what_it_was_offered() -> None:
+    async def main() -> None:
+        journal = CountingJournal()
+        hub = Hub(journal, 100, 1 << 20, 1000)
+        sub, _ = await hub.subscribe(C, None)  # no journal yet: cursor 0
+        first = [env(s) for s in range(100, 103)]
+        await journal.append(C, first, "x")
+        hub.publish(C, first)  # offered live, not yet read by the viewer
+        # Redis loses the journal; a new incarnation begins above it before the viewer reads.
+        journal._convs.clear()  # type: ignore[attr-defined]
+        await journal.append(C, [env(500)], "y")
+        with pytest.raises(SubscriberStale) as told:
+            await sub.next_batch()
+        assert (told.value.reason, told.value.cursor) == ("expired", 0)
+
+    asyncio.run(main())

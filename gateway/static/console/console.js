@@ -20,6 +20,7 @@ const MAX_LOG = 1000; // envelope log entries kept in the page
 const MAX_ACTIVITY = 200;
 const SSE_IDLE_MS = 45_000; // no byte (keepalives count) for this long: the stream is dead
 const BACKOFF_MS = [500, 10_000]; // initial, cap (full jitter)
+const WATCHERS_POLL_MS = 2000;
 
 // ---------------------------------------------------------------------------------------------------
 // Small helpers
@@ -351,7 +352,11 @@ class SseTransport {
         if (ev.event === "stale") this.o.onStale(data);
         else if (ev.event === "error") {
           this.o.log("error", `server: ${data.error}: ${data.message}`);
-          if (data.error === "token_expired") { fatal = true; this.o.onState("failed", data.message); }
+          // Told why, and not for a reconnect to undo: an expired token, an operator's disconnect.
+          if (data.error === "token_expired" || data.error === "disconnected_by_admin") {
+            fatal = true;
+            this.o.onState("failed", `${data.error}: ${data.message}`);
+          }
         } else this.o.onEnvelope(data, ev.id ? Number(ev.id) : seqOf(data), ev.event);
       },
       () => {},
@@ -623,6 +628,26 @@ class ConsolePage {
     for (const r of document.querySelectorAll("input[name=transport]")) r.addEventListener("change", () => this.syncForm());
     this.syncForm();
     this.probeVendor();
+    setInterval(() => this.pollWatchers(), WATCHERS_POLL_MS);
+  }
+
+  // The watcher count: GET /api/v1/conversation/presence/{id} (every gateway process) while connected.
+  async pollWatchers() {
+    const out = $("stat-watchers");
+    if (!this.conv || this.state === "idle" || this.state === "failed") { out.textContent = "—"; return; }
+    const headers = {};
+    const token = $("token").value.trim();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    try {
+      const res = await fetch(new URL(`api/v1/conversation/presence/${this.conv.id}`, BASE), { headers });
+      if (!res.ok) { out.textContent = "—"; out.title = `presence: HTTP ${res.status}`; return; }
+      const body = await res.json();
+      out.textContent = String(body.viewers);
+      out.dataset.viewers = String(body.viewers);
+      out.title = Object.entries(body.byTransport).map(([t, n]) => `${t}: ${n}`).join(", ") || "nobody";
+    } catch (err) {
+      out.title = `presence: ${err.message ?? err}`;
+    }
   }
 
   mode() {
