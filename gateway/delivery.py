@@ -1,0 +1,142 @@
+"""One delivery path from a journaled envelope to a viewer's socket, used by every transport.
+
+skip hidden → render (once per group) → write → count, written once here. A *group* is every viewer
+subscription of one conversation whose bytes are equal: same wire format, same scope and, for STOMP,
+the same subscription render key. The encoded frames live in the group's ``FrameCache`` (owned by the
+hub, per conversation), never in the ``Envelope``, which stays the frozen journaled value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from prometheus_client import Counter
+
+from gateway.envelope import Envelope
+from gateway.metrics import LiveLatency
+
+if TYPE_CHECKING:
+    from gateway.hub import Subscriber
+
+T = TypeVar("T")
+
+CACHE_SIZE = 64  # envelopes per group: a fan-out renders each once, a lagging viewer re-renders
+
+
+class FrameCache(Generic[T]):
+    """What one group rendered for its recent envelopes, keyed by seq.
+
+    An entry answers only for the same body bytes object: a coalesced delta, a snapshot (same seq,
+    other body) or an envelope re-read from Redis renders afresh; the memory journal hands out the
+    published envelope itself, so a replay shares the live frames.
+    """
+
+    __slots__ = ("_batch", "_batch_data", "_batch_shown", "_items")
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[bytes, T]] = {}
+        self._batch: list[Envelope] | None = None  # the burst last joined (Hub.publish's list)
+        self._batch_data = b""
+        self._batch_shown: list[Envelope] = []
+
+    def get(self, env: Envelope, render: Callable[[Envelope], T]) -> T:
+        hit = self._items.get(env.seq)
+        if hit is not None and hit[0] is env.body:
+            return hit[1]
+        item = render(env)
+        items = self._items
+        if len(items) >= CACHE_SIZE:
+            del items[next(iter(items))]
+        items[env.seq] = (env.body, item)
+        return item
+
+    def joined(
+        self, envs: list[Envelope], prepare: Callable[[list[Envelope]], tuple[list[bytes], list[Envelope]]]
+    ) -> tuple[bytes, list[Envelope]]:
+        """A burst's frames joined for one write, and the envelopes shown: prepared by its first viewer."""
+        if self._batch is not envs:
+            data, shown = prepare(envs)
+            self._batch_data, self._batch_shown, self._batch = b"".join(data), shown, envs
+        return self._batch_data, self._batch_shown
+
+
+def sse_frame(env: Envelope, user: bool = False) -> bytes:
+    """The SSE frame of an envelope for one scope: ``id``, ``event`` (its stage) and the JSON body."""
+    body = env.body_for_user if user else env.body
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (env.seq, env.stage.encode(), body)
+
+
+def sse_user_frame(env: Envelope) -> bytes:
+    return sse_frame(env, True)
+
+
+class Delivery:
+    """One viewer subscription's delivery: its scope, its group's frames, its writer and its counters.
+
+    ``direct`` / ``direct_batch`` are the hub's synchronous fast path (``Subscriber.direct``): written
+    now through ``write_nowait`` or False (the subscriber then queues and its task delivers through
+    ``prepare`` + the transport's own write + ``count``).
+    """
+
+    __slots__ = ("_conv", "_delivered", "_frames", "_live", "_render", "_sub", "_user", "write_nowait")
+
+    def __init__(
+        self, sub: Subscriber, user: bool, frames: FrameCache[bytes], render: Callable[[Envelope], bytes],
+        delivered: Counter, live: LiveLatency, write_nowait: Callable[[bytes], bool] | None = None,
+    ) -> None:  # fmt: skip
+        self._sub, self._conv, self._user = sub, sub.conversation_id, user
+        self._frames, self._render = frames, render
+        self._delivered, self._live = delivered, live
+        self.write_nowait = write_nowait
+
+    def attach(self, *, batch: bool = True) -> None:
+        """Open the subscriber's direct path (when this delivery can write now); ``batch``: a burst too."""
+        if self.write_nowait is not None:
+            self._sub.direct = self.direct
+            if batch:
+                self._sub.direct_batch = self.direct_batch
+
+    def shown(self, env: Envelope) -> bool:
+        return not (self._user and env.scope)
+
+    def frame(self, env: Envelope) -> bytes:
+        return self._frames.get(env, self._render)
+
+    def prepare(self, batch: list[Envelope]) -> tuple[list[bytes], list[Envelope]]:
+        """The frames of the envelopes this viewer is shown (the others leave a seq gap, by design)."""
+        shown = [env for env in batch if not env.scope] if self._user else batch
+        get, render = self._frames.get, self._render
+        return [get(env, render) for env in shown], shown
+
+    def count(self, shown: Sequence[Envelope]) -> None:
+        """Written: hqgw_envelopes_delivered_total and, at an envelope's first viewer, its live latency."""
+        if shown:
+            self._delivered.inc(len(shown))
+            self._live.written(self._conv, self._sub.catch_up_to, shown)
+
+    def direct(self, env: Envelope) -> bool:
+        if self._user and env.scope:
+            return True  # the viewer sees a seq gap there, by design
+        write = self.write_nowait
+        try:
+            frame = self._frames.get(env, self._render)
+        except KeyError:  # a STOMP subscription ended meanwhile
+            return False
+        if write is None or not write(frame):
+            return False
+        self._delivered.inc()
+        self._live.written(self._conv, self._sub.catch_up_to, (env,))
+        return True
+
+    def direct_batch(self, envs: list[Envelope]) -> bool:
+        """Several consecutive envelopes in one write; the joined bytes are shared by the group."""
+        try:
+            data, shown = self._frames.joined(envs, self.prepare)
+        except KeyError:  # a STOMP subscription ended meanwhile
+            return False
+        write = self.write_nowait
+        if shown and (write is None or not write(data)):
+            return False
+        self.count(shown)
+        return True
