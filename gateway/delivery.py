@@ -97,9 +97,6 @@ class Delivery:
             if batch:
                 self._sub.direct_batch = self.direct_batch
 
-    def shown(self, env: Envelope) -> bool:
-        return not (self._user and env.scope)
-
     def frame(self, env: Envelope) -> bytes:
         return self._frames.get(env, self._render)
 
@@ -109,14 +106,18 @@ class Delivery:
         get, render = self._frames.get, self._render
         return [get(env, render) for env in shown], shown
 
-    def count(self, shown: Sequence[Envelope]) -> None:
-        """Written: hqgw_envelopes_delivered_total and, at an envelope's first viewer, its live latency."""
+    def count(self, batch: Sequence[Envelope], shown: Sequence[Envelope]) -> None:
+        """``batch`` was handled, ``shown`` written: hqgw_envelopes_delivered_total counts what was written
+        (never a hidden envelope); live latency is observed at the first viewer of the transport to handle
+        an envelope, written or skipped, so each live envelope is observed once whatever the viewers' scopes."""
         if shown:
             self._delivered.inc(len(shown))
-            self._live.written(self._conv, self._sub.catch_up_to, shown)
+        if batch:
+            self._live.written(self._conv, self._sub.catch_up_to, batch)
 
     def direct(self, env: Envelope) -> bool:
         if self._user and env.scope:
+            self._live.written(self._conv, self._sub.catch_up_to, (env,))
             return True  # the viewer sees a seq gap there, by design
         write = self.write_nowait
         try:
@@ -138,5 +139,5 @@ class Delivery:
         write = self.write_nowait
         if shown and (write is None or not write(data)):
             return False
-        self.count(shown)
+        self.count(envs, shown)
         return True

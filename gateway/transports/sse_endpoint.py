@@ -182,7 +182,7 @@ async def _frames(
                     chunks, shown = delivery.prepare(batch)
                     if chunks:
                         yield b"".join(chunks)
-                    delivery.count(shown)
+                    delivery.count(batch, shown)
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:

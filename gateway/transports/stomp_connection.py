@@ -239,7 +239,7 @@ class StompConnection:
                     notice = None
                 if frames:
                     await self._write([f.decode() for f in frames])
-                    delivery.count(shown)
+                delivery.count(batch, shown)
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:
