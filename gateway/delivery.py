@@ -74,36 +74,37 @@ def sse_user_frame(env: Envelope) -> bytes:
 class Delivery:
     """One viewer subscription's delivery: its scope, its group's frames, its writer and its counters.
 
-    ``direct`` / ``direct_batch`` are the hub's synchronous fast path (``Subscriber.direct``): written
+    The delivery itself (``__call__``) and ``direct_batch`` are the hub's synchronous fast path
+    (``Subscriber.direct`` / ``direct_batch``): written
     now through ``write_nowait`` or False (the subscriber then queues and its task delivers through
     ``prepare`` + the transport's own write + ``count``).
     """
 
-    __slots__ = ("_conv", "_delivered", "_frames", "_live", "_render", "_sub", "_user", "write_nowait")
+    __slots__ = ("_delivered", "_live", "_sub", "_user", "frames", "render", "write_nowait")
 
     def __init__(
         self, sub: Subscriber, user: bool, frames: FrameCache[bytes], render: Callable[[Envelope], bytes],
         delivered: Counter, live: LiveLatency, write_nowait: Callable[[bytes], bool] | None = None,
     ) -> None:  # fmt: skip
-        self._sub, self._conv, self._user = sub, sub.conversation_id, user
-        self._frames, self._render = frames, render
+        self._sub, self._user = sub, user
+        self.frames, self.render = frames, render
         self._delivered, self._live = delivered, live
         self.write_nowait = write_nowait
 
     def attach(self, *, batch: bool = True) -> None:
         """Open the subscriber's direct path (when this delivery can write now); ``batch``: a burst too."""
         if self.write_nowait is not None:
-            self._sub.direct = self.direct
+            self._sub.direct = self  # called as ``direct``: no bound method kept per idle viewer
             if batch:
                 self._sub.direct_batch = self.direct_batch
 
     def frame(self, env: Envelope) -> bytes:
-        return self._frames.get(env, self._render)
+        return self.frames.get(env, self.render)
 
     def prepare(self, batch: list[Envelope]) -> tuple[list[bytes], list[Envelope]]:
         """The frames of the envelopes this viewer is shown (the others leave a seq gap, by design)."""
         shown = [env for env in batch if not env.scope] if self._user else batch
-        get, render = self._frames.get, self._render
+        get, render = self.frames.get, self.render
         return [get(env, render) for env in shown], shown
 
     def count(self, batch: Sequence[Envelope], shown: Sequence[Envelope]) -> None:
@@ -113,27 +114,31 @@ class Delivery:
         if shown:
             self._delivered.inc(len(shown))
         if batch:
-            self._live.written(self._conv, self._sub.catch_up_to, batch)
+            sub = self._sub
+            self._live.written(sub.conversation_id, sub.catch_up_to, batch)
 
-    def direct(self, env: Envelope) -> bool:
+    def __call__(self, env: Envelope) -> bool:
+        """``direct``: one envelope written now, or False."""
         if self._user and env.scope:
-            self._live.written(self._conv, self._sub.catch_up_to, (env,))
+            sub = self._sub
+            self._live.written(sub.conversation_id, sub.catch_up_to, (env,))
             return True  # the viewer sees a seq gap there, by design
         write = self.write_nowait
         try:
-            frame = self._frames.get(env, self._render)
+            frame = self.frames.get(env, self.render)
         except KeyError:  # a STOMP subscription ended meanwhile
             return False
         if write is None or not write(frame):
             return False
         self._delivered.inc()
-        self._live.written(self._conv, self._sub.catch_up_to, (env,))
+        sub = self._sub
+        self._live.written(sub.conversation_id, sub.catch_up_to, (env,))
         return True
 
     def direct_batch(self, envs: list[Envelope]) -> bool:
         """Several consecutive envelopes in one write; the joined bytes are shared by the group."""
         try:
-            data, shown = self._frames.joined(envs, self.prepare)
+            data, shown = self.frames.joined(envs, self.prepare)
         except KeyError:  # a STOMP subscription ended meanwhile
             return False
         write = self.write_nowait

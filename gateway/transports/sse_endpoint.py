@@ -118,13 +118,12 @@ async def _frames(
     expires_at = principal.expires_at
     metrics = gw.metrics
     delivered, live = metrics.delivered.labels("sse"), metrics.live_latency("sse")
-    render = sse_user_frame if user else sse_frame
     async with gw.upstreams.interest(conv):
         first: bytes = b""
         try:
             if snapshot:
                 sub, snap = await gw.hub.subscribe_with_snapshot(conv, int(time.time() * 1000), coalesce=coalesce)
-                notice, first = None, render(snap)
+                notice, first = None, sse_frame(snap, user)
             else:
                 sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
         except JournalUnavailable as exc:
@@ -148,8 +147,8 @@ async def _frames(
             if first:
                 yield first
             # One SSE frame per scope, shared by every viewer of the conversation.
-            frames = gw.hub.frames(conv, ("sse", user))
-            delivery = Delivery(sub, user, frames, render, delivered, live, hook.write_nowait)
+            delivery = Delivery(sub, user, gw.hub.frames(conv, ("sse", user)), sse_user_frame if user else sse_frame,
+                                delivered, live, hook.write_nowait)  # fmt: skip
             delivery.attach()
             while True:
                 timeout = keepalive

@@ -44,14 +44,58 @@ def destination_of(conversation: str) -> str:
     return TOPIC_PREFIX + conversation
 
 
-def _template_renderer(destination: str, user: bool) -> Callable[[Envelope], MessageTemplate]:
-    """Builds the MESSAGE tail of one envelope for one scope (cached per conversation by the hub, so
-    encoded once and shared by every STOMP subscription of that scope, whatever its version)."""
+class _StompFrames:
+    """Renders one subscription's MESSAGE frames: the template (the MESSAGE tail of one envelope for one
+    scope) comes from the conversation's template cache, so it is encoded once and shared by every STOMP
+    subscription of that scope whatever its version; the frame adds the subscription's own prefix.
 
-    def template(env: Envelope) -> MessageTemplate:
-        return MessageTemplate(destination=destination, body=env.body_for_user if user else env.body, seq=env.seq)
+    Objects with slots, not closures: an idle viewer keeps its direct path, and so this, alive."""
 
-    return template
+    __slots__ = ("destination", "session", "sub_id", "templates", "user")
+
+    def __init__(self, session: StompServerSession, sub_id: str, templates: FrameCache[MessageTemplate],
+                 destination: str, user: bool) -> None:  # fmt: skip
+        self.session, self.sub_id, self.templates = session, sub_id, templates
+        self.destination, self.user = destination, user
+
+    def __call__(self, env: Envelope) -> bytes:
+        return self.session.render(self.templates.get(env, self.template), self.sub_id)
+
+    def template(self, env: Envelope) -> MessageTemplate:
+        body = env.body_for_user if self.user else env.body
+        return MessageTemplate(destination=self.destination, body=body, seq=env.seq)
+
+
+class _WireFrames:
+    """The same frames encoded for a shared-wire pipe (one WebSocket frame, shared by the whole group)."""
+
+    __slots__ = ("encode", "render", "text")
+
+    def __init__(
+        self, text: FrameCache[bytes], render: Callable[[Envelope], bytes], encode: Callable[[bytes], bytes]
+    ) -> None:
+        self.text, self.render, self.encode = text, render, encode
+
+    def __call__(self, env: Envelope) -> bytes:
+        return self.encode(self.text.get(env, self.render))
+
+
+class _DirectWriter:
+    """Write now or say no: the connection must be open, the subscription live and the socket ready."""
+
+    __slots__ = ("conn", "sub_id", "write")
+
+    def __init__(self, conn: StompConnection, sub_id: str | None, write: Callable[[bytes], bool]) -> None:
+        self.conn, self.sub_id, self.write = conn, sub_id, write
+
+    def __call__(self, data: bytes) -> bool:
+        conn = self.conn
+        if conn._closed or (self.sub_id is not None and not conn.session.subscribed(self.sub_id)):
+            return False
+        if not self.write(data):
+            return False
+        conn._last_out = time.monotonic()
+        return True
 
 
 @dataclass(slots=True)
@@ -250,20 +294,13 @@ class StompConnection:
             await self._cut_loose(SubscriberStale("internal", subscriber.cursor))
 
     def _delivery(self, sub_id: str, entry: _Subscription) -> Delivery:
-        """This subscription's delivery of STOMP frames: shared by every subscription of the conversation
-        that renders alike (render key: subscription id, version, ack mode; and scope)."""
-        session, user, conv = self.session, entry.user, entry.conversation
-        hub = self._gw.hub
-        templates: FrameCache[MessageTemplate] = hub.frames(conv, ("stomp-template", user))
-        template = _template_renderer(destination_of(conv), user)
-        get_template, render = templates.get, session.render
-
-        def frame(env: Envelope) -> bytes:
-            return render(get_template(env, template), sub_id)
-
+        """This subscription's delivery of STOMP frames, through the frame cache it shares with every
+        subscription of the conversation that renders alike (render key: id, version, ack mode; scope)."""
+        session, user, conv, hub = self.session, entry.user, entry.conversation, self._gw.hub
+        render = _StompFrames(session, sub_id, hub.frames(conv, ("stomp-template", user)), destination_of(conv), user)
         frames: FrameCache[bytes] = hub.frames(conv, ("stomp", session.render_key(sub_id), user))
         metrics, transport = self._gw.metrics, self._info.transport
-        return Delivery(entry.subscriber, user, frames, frame, metrics.delivered.labels(transport),
+        return Delivery(entry.subscriber, user, frames, render, metrics.delivered.labels(transport),
                         metrics.live_latency(transport))  # fmt: skip
 
     def _attach_direct(self, sub_id: str, entry: _Subscription, text: Delivery) -> None:
@@ -273,35 +310,17 @@ class StompConnection:
         send_nowait = getattr(pipe, "send_nowait", None)
         if send_nowait is None:
             return
-        session = self.session
         wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
         if wired is not None and isinstance(pipe, SharedWirePipe):
             wire_format, encode = wired
-            write_wire, text_frame = pipe.write_wire_nowait, text.frame
-
-            def write(wire: bytes) -> bool:
-                if self._closed or not session.subscribed(sub_id) or not write_wire(wire):
-                    return False
-                self._last_out = time.monotonic()
-                return True
-
-            def wire_frame(env: Envelope) -> bytes:
-                return encode(text_frame(env))
-
-            key = (wire_format, session.render_key(sub_id), entry.user)
+            key = (wire_format, self.session.render_key(sub_id), entry.user)
+            render = _WireFrames(text.frames, text.render, encode)
             metrics, transport = self._gw.metrics, self._info.transport
-            direct = Delivery(entry.subscriber, entry.user, self._gw.hub.frames(entry.conversation, key), wire_frame,
-                              metrics.delivered.labels(transport), metrics.live_latency(transport), write)  # fmt: skip
-            direct.attach()
+            Delivery(entry.subscriber, entry.user, self._gw.hub.frames(entry.conversation, key), render,
+                     metrics.delivered.labels(transport), metrics.live_latency(transport),
+                     _DirectWriter(self, sub_id, pipe.write_wire_nowait)).attach()  # fmt: skip
             return
-
-        def write_text(frame: bytes) -> bool:
-            if self._closed or not send_nowait(frame):
-                return False
-            self._last_out = time.monotonic()
-            return True
-
-        text.write_nowait = write_text
+        text.write_nowait = _DirectWriter(self, None, send_nowait)
         text.attach(batch=False)  # a burst goes out frame by frame (one SockJS message each), as ever
 
     def _resume(self, sub_id: str, entry: _Subscription) -> None:
