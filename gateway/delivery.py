@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-CACHE_SIZE = 64  # envelopes per group: a fan-out renders each once, a lagging viewer re-renders
+# Envelopes per group and conversation: a fan-out renders each once, a viewer lagging further re-renders.
+# Small, since a conversation with viewers keeps its groups' caches: 1,000 such conversations with SSE and
+# STOMP viewers hold at most 4 groups x 16 frames each.
+CACHE_SIZE = 16
 
 
 class FrameCache(Generic[T]):

@@ -325,9 +325,13 @@ class Hub:
         self.coalesce_after = 0
 
     def frames(self, conversation_id: str, group: Hashable) -> FrameCache[Any]:
-        """The frame cache of one render group (format, scope[, render key]) of a conversation."""
+        """The frame cache of one render group (format, scope[, render key]) of a conversation.
+
+        Kept while the conversation has subscribers here (one without any gets a private cache)."""
         groups = self._frames.get(conversation_id)
         if groups is None:
+            if conversation_id not in self._topics:
+                return FrameCache()
             groups = self._frames[conversation_id] = {}
         cache = groups.get(group)
         if cache is None:

@@ -96,3 +96,16 @@ def test_a_frame_is_reused_only_for_the_same_body() -> None:
     (merged,) = coalesce(deltas)
     assert merged.seq == 3 and merged.first_seq == 1
     assert cache.get(merged, sse_frame) == sse_frame(merged) and b'"text":"123"' in sse_frame(merged)
+
+
+def test_frame_caches_live_as_long_as_the_conversation_has_viewers_here() -> None:
+    async def main() -> None:
+        hub = Hub(MemoryJournal(1000, 1e9, clock=lambda: 0), 100, 1 << 20, 1000)
+        sub, _ = await hub.subscribe(C, None)
+        shared = hub.frames(C, ("sse", False))
+        assert hub.frames(C, ("sse", False)) is shared and hub.frames(C, ("sse", True)) is not shared
+        hub.unsubscribe(sub)
+        assert hub.frames(C, ("sse", False)) is not shared  # dropped with the last viewer
+        assert hub.frames(C, ("sse", False)) is not hub.frames(C, ("sse", False))  # none kept for nobody
+
+    asyncio.run(main())
