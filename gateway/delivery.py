@@ -35,10 +35,13 @@ class FrameCache(Generic[T]):
     published envelope itself, so a replay shares the live frames.
     """
 
-    __slots__ = ("_batch", "_batch_data", "_batch_shown", "_items")
+    __slots__ = ("_batch", "_batch_data", "_batch_shown", "_items", "last", "last_item")
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[bytes, T]] = {}
+        # The envelope a fan-out is writing right now, for its other viewers: one identity check.
+        self.last: Envelope | None = None
+        self.last_item: T | None = None
         self._batch: list[Envelope] | None = None  # the burst last joined (Hub.publish's list)
         self._batch_data = b""
         self._batch_shown: list[Envelope] = []
@@ -46,12 +49,14 @@ class FrameCache(Generic[T]):
     def get(self, env: Envelope, render: Callable[[Envelope], T]) -> T:
         hit = self._items.get(env.seq)
         if hit is not None and hit[0] is env.body:
-            return hit[1]
-        item = render(env)
-        items = self._items
-        if len(items) >= CACHE_SIZE:
-            del items[next(iter(items))]
-        items[env.seq] = (env.body, item)
+            item = hit[1]
+        else:
+            item = render(env)
+            items = self._items
+            if len(items) >= CACHE_SIZE:
+                del items[next(iter(items))]
+            items[env.seq] = (env.body, item)
+        self.last, self.last_item = env, item
         return item
 
     def joined(
@@ -126,11 +131,14 @@ class Delivery:
             sub = self._sub
             self._live.written(sub.conversation_id, sub.catch_up_to, (env,))
             return True  # the viewer sees a seq gap there, by design
-        write = self.write_nowait
-        try:
-            frame = self.frames.get(env, self.render)
-        except KeyError:  # a STOMP subscription ended meanwhile
-            return False
+        write, frames = self.write_nowait, self.frames
+        if env is frames.last:  # a fan-out's second and later viewers: no call, no lookup
+            frame: bytes = frames.last_item  # type: ignore[assignment]
+        else:
+            try:
+                frame = frames.get(env, self.render)
+            except KeyError:  # a STOMP subscription ended meanwhile
+                return False
         if write is None or not write(frame):
             return False
         self._delivered.inc()
