@@ -106,9 +106,6 @@ class Delivery:
             if batch:
                 self._sub.direct_batch = self.direct_batch
 
-    def frame(self, env: Envelope) -> bytes:
-        return self.frames.get(env, self.render)
-
     def prepare(self, batch: list[Envelope]) -> tuple[list[bytes], list[Envelope]]:
         """The frames of the envelopes this viewer is shown (the others leave a seq gap, by design)."""
         shown = [env for env in batch if not env.scope] if self._user else batch
