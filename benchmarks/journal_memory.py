@@ -1,8 +1,9 @@
 """Memory journal: bytes per journaled envelope (tracemalloc) and RSS across rounds of expiring conversations.
 
 1. In process, tracemalloc: envelopes of ~1 KiB normalized, journaled and fanned out the way the
-   transports do it (SSE frame and STOMP MESSAGE tails cached in the published envelope, a turn view
-   for snapshots), then the published objects dropped: what stays per envelope, against its JSON size.
+   transports do it (SSE frame and STOMP MESSAGE tails rendered from the published envelope, which
+   holds no transport state; a turn view for snapshots), then the published objects dropped: what
+   stays per envelope, against its JSON size.
 2. A real gateway process (memory journal, ``GATEWAY_JOURNAL_MAX_AGE_S=4``) fed by the real simulator:
    each round opens 8 new conversations with one SSE and one STOMP viewer each, emits 2,500 events of
    ~1 KiB into every conversation, checks both viewers got every envelope, closes them, waits until the
@@ -29,10 +30,11 @@ import httpx
 import websockets
 
 from benchmarks.procstat import rss_kib
+from gateway.delivery import sse_frame
 from gateway.envelope import HqEvent, TurnState, load_mapping, normalize
 from gateway.hub import Hub
 from gateway.journal.memory import MemoryJournal
-from gateway.transports.stomp_connection import template_for
+from gateway.protocols.stomp import MessageTemplate
 from tests.servers import ServerProcess, free_port, python_module, start_process
 
 HOST = "127.0.0.1"
@@ -78,9 +80,10 @@ def _kept(count: int, *, view: bool) -> tuple[float, float]:
             json_bytes += len(env.body)
             await journal.append(conv, [env], str(i))
             hub.publish(conv, [env])
-            assert env.sse  # what the SSE fan-out caches in the envelope
+            assert sse_frame(env)  # what the SSE fan-out renders (cached by the delivery path, not here)
+            template = MessageTemplate(destination=destination, body=env.body, seq=env.seq)
             for version in ("1.0", "1.1", "1.2"):  # and the STOMP one, per negotiated version
-                assert template_for(env, destination).tail(version)  # type: ignore[arg-type]
+                assert template.tail(version)  # type: ignore[arg-type]
         del env
         gc.collect()
         journal_only = tracemalloc.take_snapshot()

@@ -1,13 +1,13 @@
 """HQ event → ConvEngine v2 envelope: a pure function driven by the mapping table.
 
-The envelope is serialized exactly once (``Envelope.body``); every transport reuses those bytes.
+The envelope is serialized exactly once (``Envelope.body``); every transport frames those bytes.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -143,9 +143,13 @@ class TurnState:
         return cls(int(meta.get("turn") or 0), phase, int(meta.get("replyLength") or 0))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """One journaled envelope: its seq, stage and the JSON bytes every viewer receives."""
+    """One journaled envelope: its seq, stage and the JSON bytes every viewer receives.
+
+    A value, never written to after ``normalize``: the frames transports encode from it live in the
+    delivery path's frame caches (gateway/delivery.py), not here.
+    """
 
     seq: int
     stage: str
@@ -153,23 +157,12 @@ class Envelope:
     created_ms: int
     scope: str = ""  # "", "diagnostic" or "accounting": what a user-scope viewer may not see
     user_body: bytes | None = None  # body with user-hidden fields stripped, when it differs
-    _sse: bytes | None = field(default=None, repr=False)
-    stomp: object | None = field(default=None, repr=False)  # the transport's shared MESSAGE template
-    _sse_user: bytes | None = field(default=None, repr=False)  # SSE frame of user_body, when set
-    stomp_user: object | None = field(default=None, repr=False)  # MESSAGE template of user_body, when set
     # A coalesced envelope stands for every seq from ``covers_from`` to ``seq`` (0: just ``seq``).
     covers_from: int = 0
 
     @property
     def first_seq(self) -> int:
         return self.covers_from or self.seq
-
-    @property
-    def sse(self) -> bytes:
-        """The SSE frame, built once and shared by every SSE viewer."""
-        if self._sse is None:
-            self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.stage.encode(), self.body)
-        return self._sse
 
     @property
     def hidden_from_user(self) -> bool:
@@ -179,15 +172,6 @@ class Envelope:
     @property
     def body_for_user(self) -> bytes:
         return self.body if self.user_body is None else self.user_body
-
-    @property
-    def sse_user(self) -> bytes:
-        """The SSE frame for user-scope viewers, built once; the shared ``sse`` when nothing is stripped."""
-        if self.user_body is None:
-            return self.sse
-        if self._sse_user is None:
-            self._sse_user = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.stage.encode(), self.user_body)
-        return self._sse_user
 
     def as_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = orjson.loads(self.body)

@@ -12,12 +12,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from gateway.coalesce import coalesce
+from gateway.delivery import FrameCache
 from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
 from gateway.journal.base import Journal
@@ -319,7 +320,23 @@ class Hub:
         self._replay_max = replay_max
         self._topics: dict[str, set[Subscriber]] = {}
         self._views: dict[str, TurnView] = {}
+        # Per conversation with viewers here: each render group's encoded frames (gateway/delivery.py).
+        self._frames: dict[str, dict[Hashable, FrameCache[Any]]] = {}
         self.coalesce_after = 0
+
+    def frames(self, conversation_id: str, group: Hashable) -> FrameCache[Any]:
+        """The frame cache of one render group (format, scope[, render key]) of a conversation.
+
+        Kept while the conversation has subscribers here (one without any gets a private cache)."""
+        groups = self._frames.get(conversation_id)
+        if groups is None:
+            if conversation_id not in self._topics:
+                return FrameCache()
+            groups = self._frames[conversation_id] = {}
+        cache = groups.get(group)
+        if cache is None:
+            cache = groups[group] = FrameCache()
+        return cache
 
     async def snapshot(self, conversation_id: str, now_ms: int) -> Envelope:
         """The TURN_SNAPSHOT of the conversation: O(1) once its view exists, built from the journal once."""
@@ -388,6 +405,7 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._topics[sub.conversation_id]
+                self._frames.pop(sub.conversation_id, None)  # nobody left to render for
 
     def publish(self, conversation_id: str, envelopes: Iterable[Envelope]) -> None:
         view = self._views.get(conversation_id)

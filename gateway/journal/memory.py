@@ -1,10 +1,9 @@
 """The embedded journal: per-process memory, bounded by count and age per conversation and by the
 number of conversations it holds.
 
-Each envelope is kept once, as its bytes and a few fields (``_Kept``): never the ``Envelope`` the
-hub fans out, whose transports cache encoded frames in it (SSE frame, STOMP MESSAGE tails per
-version and scope) that would otherwise live as long as the journal. ``read`` hands out fresh
-``Envelope`` objects, so a replay's caches die with the replay.
+Each envelope is kept once, as the frozen ``Envelope`` that was appended (it holds no transport
+state: encoded frames live in the delivery path's bounded caches), and ``read`` hands out those same
+objects.
 
 Retention runs on access and in a periodic ``sweep`` (the gateway owns the task): a conversation
 whose envelopes all expired, or the least recently appended one beyond ``max_conversations``, is
@@ -24,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from gateway.envelope import Envelope
 from gateway.errors import JournalConflict
@@ -34,29 +32,15 @@ TOMBSTONES_PER_CONVERSATION = 4
 MIN_TOMBSTONES = 1000
 
 
-class _Kept(NamedTuple):
-    """One journaled envelope, without any transport cache."""
-
-    seq: int
-    stage: str
-    body: bytes
-    created_ms: int
-    scope: str
-    user_body: bytes | None
-
-    def envelope(self) -> Envelope:
-        return Envelope(self.seq, self.stage, self.body, self.created_ms, self.scope, self.user_body)
-
-
 @dataclass(slots=True)
 class _Conversation:
     first: int
     seq: int = 0
     cursor: str | None = None
-    envelopes: deque[_Kept] = field(default_factory=deque)
+    envelopes: deque[Envelope] = field(default_factory=deque)
 
 
-_RETIRED: deque[_Kept] = deque()  # shared by every tombstone, never appended to
+_RETIRED: deque[Envelope] = deque()  # shared by every tombstone, never appended to
 
 
 def _never(conversation_id: str) -> bool:
@@ -155,9 +139,7 @@ class MemoryJournal:
             conv.envelopes = deque()
         self._convs.pop(conversation_id, None)
         self._convs[conversation_id] = conv  # most recently appended last
-        conv.envelopes.extend(
-            _Kept(e.seq, e.stage, e.body, e.created_ms, e.scope, e.user_body) for e in envelopes
-        )  # fmt: skip
+        conv.envelopes.extend(envelopes)
         conv.seq = envelopes[-1].seq
         self._trim(conv, self._cutoff())
         if len(self._convs) > self._max_conversations:
@@ -174,7 +156,7 @@ class MemoryJournal:
         # seqs are dense inside the deque, so the index is arithmetic.
         start = max(0, after + 1 - envs[0].seq)
         stop = min(len(envs), start + limit)
-        return [envs[i].envelope() for i in range(start, stop)]
+        return [envs[i] for i in range(start, stop)]
 
     def sweep(self) -> int:
         """Apply age retention to every conversation now, read or not; returns how many were retired."""

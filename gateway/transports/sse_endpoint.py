@@ -9,17 +9,15 @@ import uuid
 from collections.abc import AsyncGenerator, Callable
 
 import orjson
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Denied, Principal, denied_response
-from gateway.envelope import Envelope
+from gateway.delivery import Delivery, sse_frame, sse_user_frame
 from gateway.errors import JournalUnavailable
-from gateway.hub import Subscriber, SubscriberStale
+from gateway.hub import SubscriberStale
 from gateway.ids import BadRequest, conversation_id, seq_cursor
 from gateway.limits import limit_key
-from gateway.metrics import LiveLatency
 from gateway.protocols.sse import encode_comment, encode_event
 from gateway.transports.server import write_body_nowait_of
 from gateway.transports.services import ViewerServices
@@ -92,39 +90,6 @@ class _AbortHook:
             self.aborted_reason = reason
 
 
-class _DirectSse:
-    """The SSE fan-out fast path: an idle viewer's frame is written from publish, no task wake-up."""
-
-    __slots__ = ("delivered", "live", "sub", "user", "write")
-
-    def __init__(
-        self, write: Callable[[bytes], bool], user: bool, delivered: Counter, live: LiveLatency, sub: Subscriber
-    ) -> None:
-        self.write, self.user, self.delivered, self.live, self.sub = write, user, delivered, live, sub
-
-    def __call__(self, env: Envelope) -> bool:
-        if self.user:
-            if env.hidden_from_user:
-                return True  # the viewer sees a seq gap there, by design
-            frame = env.sse_user
-        else:
-            frame = env.sse
-        if not self.write(frame):
-            return False
-        self.delivered.inc()
-        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, (env,))
-        return True
-
-    def batch(self, envs: list[Envelope]) -> bool:
-        """Several consecutive envelopes in one chunk (frames are shared, only the join is per viewer)."""
-        data = _render(envs, self.user)
-        if data and not self.write(data):
-            return False
-        self.delivered.inc(_shown(envs, self.user))
-        self.live.written(self.sub.conversation_id, self.sub.catch_up_to, envs)
-        return True
-
-
 def _request_id(raw: str | None) -> str:
     """The caller's X-Request-ID when it is a sane token, else a fresh one (logs only, never trusted)."""
     if raw and len(raw) <= 64 and raw.replace("-", "").replace("_", "").isalnum():
@@ -136,18 +101,6 @@ def _choice(raw: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
     if raw is not None and raw not in allowed:
         raise BadRequest(f"{name} must be one of {', '.join(allowed)}")
     return raw
-
-
-def _shown(batch: list[Envelope], user: bool) -> int:
-    """How many of the batch this viewer is shown (what hqgw_envelopes_delivered_total counts, as STOMP does)."""
-    return sum(1 for env in batch if not env.hidden_from_user) if user else len(batch)
-
-
-def _render(batch: list[Envelope], user: bool) -> bytes:
-    """The batch's SSE bytes, each frame serialized once per scope and shared by every viewer."""
-    if user:
-        return b"".join([env.sse_user for env in batch if not env.hidden_from_user])
-    return b"".join([env.sse for env in batch])
 
 
 def _expired(resume_from: int) -> bytes:
@@ -170,7 +123,7 @@ async def _frames(
         try:
             if snapshot:
                 sub, snap = await gw.hub.subscribe_with_snapshot(conv, int(time.time() * 1000), coalesce=coalesce)
-                notice, first = None, snap.sse_user if user else snap.sse
+                notice, first = None, sse_frame(snap, user)
             else:
                 sub, notice = await gw.hub.subscribe(conv, since, coalesce=coalesce)
         except JournalUnavailable as exc:
@@ -193,9 +146,10 @@ async def _frames(
                 yield encode_event(orjson.dumps(notice.as_dict()), event="stale")
             if first:
                 yield first
-            if hook.write_nowait is not None:
-                direct = sub.direct = _DirectSse(hook.write_nowait, user, delivered, live, sub)
-                sub.direct_batch = direct.batch
+            # One SSE frame per scope, shared by every viewer of the conversation.
+            delivery = Delivery(sub, user, gw.hub.frames(conv, ("sse", user)), sse_user_frame if user else sse_frame,
+                                delivered, live, hook.write_nowait)  # fmt: skip
+            delivery.attach()
             while True:
                 timeout = keepalive
                 if expires_at is not None:
@@ -224,11 +178,10 @@ async def _frames(
                     yield encode_event(orjson.dumps(data), event=event)
                     return
                 if batch:
-                    chunk = _render(batch, user)
-                    if chunk:
-                        yield chunk
-                    delivered.inc(_shown(batch, user))
-                    live.written(conv, sub.catch_up_to, batch)
+                    chunks, shown = delivery.prepare(batch)
+                    if chunks:
+                        yield b"".join(chunks)
+                    delivery.count(batch, shown)
                 elif expires_at is None or time.time() < expires_at:
                     yield b": keepalive\n\n"
         finally:

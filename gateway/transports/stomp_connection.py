@@ -6,13 +6,13 @@ import asyncio
 import logging
 import re
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import Authenticator, Credential, Denied
+from gateway.delivery import Delivery, FrameCache
 from gateway.envelope import Envelope
 from gateway.errors import JournalUnavailable
 from gateway.hub import StaleNotice, Subscriber, SubscriberStale
@@ -44,42 +44,58 @@ def destination_of(conversation: str) -> str:
     return TOPIC_PREFIX + conversation
 
 
-def template_for(env: Envelope, destination: str, user: bool = False) -> MessageTemplate:
-    """The MESSAGE tail of one envelope, encoded once per scope and shared by every STOMP subscriber."""
-    if user and env.user_body is not None:
-        template = env.stomp_user
-        if not isinstance(template, MessageTemplate):
-            template = env.stomp_user = MessageTemplate(destination=destination, body=env.user_body, seq=env.seq)
-        return template
-    template = env.stomp
-    if not isinstance(template, MessageTemplate):
-        template = env.stomp = MessageTemplate(destination=destination, body=env.body, seq=env.seq)
-    return template
+class _StompFrames:
+    """Renders one subscription's MESSAGE frames: the template (the MESSAGE tail of one envelope for one
+    scope) comes from the conversation's template cache, so it is encoded once and shared by every STOMP
+    subscription of that scope whatever its version; the frame adds the subscription's own prefix.
+
+    Objects with slots, not closures: an idle viewer keeps its direct path, and so this, alive."""
+
+    __slots__ = ("destination", "session", "sub_id", "templates", "user")
+
+    def __init__(self, session: StompServerSession, sub_id: str, templates: FrameCache[MessageTemplate],
+                 destination: str, user: bool) -> None:  # fmt: skip
+        self.session, self.sub_id, self.templates = session, sub_id, templates
+        self.destination, self.user = destination, user
+
+    def __call__(self, env: Envelope) -> bytes:
+        return self.session.render(self.templates.get(env, self.template), self.sub_id)
+
+    def template(self, env: Envelope) -> MessageTemplate:
+        body = env.body_for_user if self.user else env.body
+        return MessageTemplate(destination=self.destination, body=body, seq=env.seq)
 
 
-class _SharedWire:
-    """The wire bytes of the envelope last rendered for one render key (subscription id, version, ack
-    mode, wire format): a fan-out encodes each envelope once and writes the same bytes to every
-    viewer whose subscription renders alike (stompjs names its first subscription sub-0 everywhere)."""
+class _WireFrames:
+    """The same frames encoded for a shared-wire pipe (one WebSocket frame, shared by the whole group)."""
 
-    __slots__ = ("__weakref__", "batch", "batch_count", "batch_wire", "template", "wire")
+    __slots__ = ("encode", "render", "text")
 
-    def __init__(self) -> None:
-        self.template: MessageTemplate | None = None
-        self.wire = b""
-        self.batch: list[Envelope] | None = None  # the burst last encoded (Hub.publish's list)
-        self.batch_wire = b""
-        self.batch_count = 0
+    def __init__(
+        self, text: FrameCache[bytes], render: Callable[[Envelope], bytes], encode: Callable[[bytes], bytes]
+    ) -> None:
+        self.text, self.render, self.encode = text, render, encode
 
-
-_SHARED_WIRES: weakref.WeakValueDictionary[bytes, _SharedWire] = weakref.WeakValueDictionary()
+    def __call__(self, env: Envelope) -> bytes:
+        return self.encode(self.text.get(env, self.render))
 
 
-def _shared_wire(key: bytes) -> _SharedWire:
-    shared = _SHARED_WIRES.get(key)
-    if shared is None:
-        shared = _SHARED_WIRES[key] = _SharedWire()
-    return shared
+class _DirectWriter:
+    """Write now or say no: the connection must be open, the subscription live and the socket ready."""
+
+    __slots__ = ("conn", "sub_id", "write")
+
+    def __init__(self, conn: StompConnection, sub_id: str | None, write: Callable[[bytes], bool]) -> None:
+        self.conn, self.sub_id, self.write = conn, sub_id, write
+
+    def __call__(self, data: bytes) -> bool:
+        conn = self.conn
+        if conn._closed or (self.sub_id is not None and not conn.session.subscribed(self.sub_id)):
+            return False
+        if not self.write(data):
+            return False
+        conn._last_out = time.monotonic()
+        return True
 
 
 @dataclass(slots=True)
@@ -245,36 +261,29 @@ class StompConnection:
             self._gw.presence.detach(entry.seen)
 
     async def _deliver(self, sub_id: str, entry: _Subscription, notice: StaleNotice | None) -> None:
-        destination = destination_of(entry.conversation)
         session = self.session
-        delivered = self._gw.metrics.delivered.labels(self._info.transport)
-        live = self._gw.metrics.live_latency(self._info.transport)
         subscriber = entry.subscriber
         try:
+            delivery = self._delivery(sub_id, entry)
             while True:
                 if notice is None and subscriber.direct is None:
-                    subscriber.direct = self._direct_writer(sub_id, entry, destination)
+                    self._attach_direct(sub_id, entry, delivery)
                 if notice is None and subscriber.park(lambda: self._resume(sub_id, entry)):
                     entry.task = None  # an idle viewer holds no task: the fan-out starts one when needed
                     return
                 batch = await subscriber.next_batch()
-                frames: list[bytes] = []
-                user = entry.user
-                for env in batch:
-                    if user and env.hidden_from_user:
-                        continue  # the viewer sees a seq gap there, by design
-                    if notice is not None:
-                        # DESIGN: a resume that is not exact says so on its first MESSAGE.
-                        stale = f"oldest={notice.oldest},newest={notice.newest},reason={notice.reason}"
-                        body = env.body_for_user if user else env.body
-                        frames.append(session.message(sub_id, destination, body, env.seq, (("stale", stale),)))
-                        notice = None
-                    else:
-                        frames.append(session.render(template_for(env, destination, user), sub_id))
+                frames, shown = delivery.prepare(batch)
+                if notice is not None and shown:
+                    # DESIGN: a resume that is not exact says so on its first MESSAGE.
+                    stale = f"oldest={notice.oldest},newest={notice.newest},reason={notice.reason}"
+                    env = shown[0]
+                    body = env.body_for_user if entry.user else env.body
+                    destination = destination_of(entry.conversation)
+                    frames[0] = session.message(sub_id, destination, body, env.seq, (("stale", stale),))
+                    notice = None
                 if frames:
                     await self._write([f.decode() for f in frames])
-                    delivered.inc(len(frames))
-                    live.written(entry.conversation, subscriber.catch_up_to, batch)
+                delivery.count(batch, shown)
         except SubscriberStale as exc:
             await self._cut_loose(exc)
         except KeyError:
@@ -283,6 +292,36 @@ class StompConnection:
             # A delivery task never dies silently: the viewer is told and closed.
             log.exception("stomp delivery failed session=%s id=%s", session.session_id, sub_id)
             await self._cut_loose(SubscriberStale("internal", subscriber.cursor))
+
+    def _delivery(self, sub_id: str, entry: _Subscription) -> Delivery:
+        """This subscription's delivery of STOMP frames, through the frame cache it shares with every
+        subscription of the conversation that renders alike (render key: id, version, ack mode; scope)."""
+        session, user, conv, hub = self.session, entry.user, entry.conversation, self._gw.hub
+        render = _StompFrames(session, sub_id, hub.frames(conv, ("stomp-template", user)), destination_of(conv), user)
+        frames: FrameCache[bytes] = hub.frames(conv, ("stomp", session.render_key(sub_id), user))
+        metrics, transport = self._gw.metrics, self._info.transport
+        return Delivery(entry.subscriber, user, frames, render, metrics.delivered.labels(transport),
+                        metrics.live_latency(transport))  # fmt: skip
+
+    def _attach_direct(self, sub_id: str, entry: _Subscription, text: Delivery) -> None:
+        """The synchronous fan-out path for this subscription, when the pipe offers one: one encoded
+        WebSocket frame per (render key, wire format, scope) shared by every viewer of the group."""
+        pipe = self._pipe
+        send_nowait = getattr(pipe, "send_nowait", None)
+        if send_nowait is None:
+            return
+        wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
+        if wired is not None and isinstance(pipe, SharedWirePipe):
+            wire_format, encode = wired
+            key = (wire_format, self.session.render_key(sub_id), entry.user)
+            render = _WireFrames(text.frames, text.render, encode)
+            metrics, transport = self._gw.metrics, self._info.transport
+            Delivery(entry.subscriber, entry.user, self._gw.hub.frames(entry.conversation, key), render,
+                     metrics.delivered.labels(transport), metrics.live_latency(transport),
+                     _DirectWriter(self, sub_id, pipe.write_wire_nowait)).attach()  # fmt: skip
+            return
+        text.write_nowait = _DirectWriter(self, None, send_nowait)
+        text.attach(batch=False)  # a burst goes out frame by frame (one SockJS message each), as ever
 
     def _resume(self, sub_id: str, entry: _Subscription) -> None:
         """A parked subscription has work its direct path could not do: deliver from a task again."""
@@ -396,75 +435,6 @@ class StompConnection:
             finally:
                 self._writing = False
             self._last_out = time.monotonic()
-
-    def _direct_writer(self, sub_id: str, entry: _Subscription, destination: str) -> Callable[[Envelope], bool] | None:
-        """The synchronous fan-out path for this subscription, when the pipe offers one."""
-        pipe = self._pipe
-        send_nowait = getattr(pipe, "send_nowait", None)
-        if send_nowait is None:
-            return None
-        session, user = self.session, entry.user
-        delivered = self._gw.metrics.delivered.labels(self._info.transport)
-        live, subscriber = self._gw.metrics.live_latency(self._info.transport), entry.subscriber
-        conv = entry.conversation
-        wired = pipe.wire_encoder() if isinstance(pipe, SharedWirePipe) else None
-        if wired is not None and isinstance(pipe, SharedWirePipe) and session.subscribed(sub_id):
-            wire_format, encode = wired
-            scope_tag = b"|user" if user else b"|full"
-            shared = _shared_wire(session.render_key(sub_id) + wire_format.encode() + scope_tag)
-            write_wire = pipe.write_wire_nowait
-
-            def direct_shared(env: Envelope) -> bool:
-                if self._closed or not session.subscribed(sub_id):
-                    return False
-                if user and env.hidden_from_user:
-                    return True  # the viewer sees a seq gap there, by design
-                template = template_for(env, destination, user)
-                if shared.template is not template:  # the first viewer of this envelope encodes it
-                    shared.wire = encode(session.render(template, sub_id))
-                    shared.template = template
-                if not write_wire(shared.wire):
-                    return False
-                self._last_out = time.monotonic()
-                delivered.inc()
-                live.written(conv, subscriber.catch_up_to, (env,))
-                return True
-
-            def direct_batch(envs: list[Envelope]) -> bool:
-                if self._closed or not session.subscribed(sub_id):
-                    return False
-                if shared.batch is not envs:  # the first viewer of this burst encodes it
-                    shown = [e for e in envs if not (user and e.hidden_from_user)]
-                    frames = [encode(session.render(template_for(e, destination, user), sub_id)) for e in shown]
-                    shared.batch_wire, shared.batch_count, shared.batch = b"".join(frames), len(frames), envs
-                if shared.batch_count and not write_wire(shared.batch_wire):
-                    return False
-                self._last_out = time.monotonic()
-                delivered.inc(shared.batch_count)
-                if shared.batch_count:
-                    live.written(conv, subscriber.catch_up_to, envs)
-                return True
-
-            entry.subscriber.direct_batch = direct_batch
-            return direct_shared
-
-        def direct(env: Envelope) -> bool:
-            if self._closed:
-                return False
-            if user and env.hidden_from_user:
-                return True  # the viewer sees a seq gap there, by design
-            try:
-                frame = session.render(template_for(env, destination, user), sub_id)
-            except KeyError:  # unsubscribed meanwhile (no per-message mapping view on this hot path)
-                return False
-            if not send_nowait(frame):
-                return False
-            self._last_out = time.monotonic()
-            delivered.inc()
-            live.written(conv, subscriber.catch_up_to, (env,))
-            return True
-
-        return direct
 
     def _on_subscriber_fail(self, reason: str) -> None:
         """A subscription was cut loose while a write is stuck on a peer that stopped reading."""

@@ -145,7 +145,7 @@ class WsClient:
             return (await self.reader.readexactly(size)).decode()
 
 
-async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws-convengine") -> Any:
+async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws-convengine", headers: str = "") -> Any:
     """A STOMP viewer over a real WebSocket (raw, or SockJS's websocket transport when ``path`` says so)."""
     sockjs = path != "/ws-convengine"
     ws = await websockets.connect(url.replace("http", "ws") + path, subprotocols=None if sockjs else
@@ -157,7 +157,7 @@ async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws
     if sockjs:
         assert await ws.recv() == "o"
     await ws.send(wrap("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\x00"))
-    await ws.send(wrap(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n\n\x00"))
+    await ws.send(wrap(f"SUBSCRIBE\nid:0\ndestination:/topic/convengine/audit/{conv}\nreceipt:r\n{headers}\n\x00"))
 
     async def read() -> None:
         async for raw in ws:
@@ -170,6 +170,53 @@ async def _stomp_viewer(url: str, conv: str, frames: list[str], path: str = "/ws
     await eventually(lambda: "RECEIPT" in frames, 5, "RECEIPT")
     frames.remove("RECEIPT")
     return ws, task
+
+
+def test_user_scope_viewers_of_every_transport_are_shown_and_counted_alike(
+    simulator: ServerProcess, start_gateway: StartGateway, conv: str
+) -> None:
+    """One delivery path: a user-scope viewer skips diagnostic/accounting envelopes on every transport,
+    and hqgw_envelopes_delivered_total counts what each was shown, never a hidden envelope."""
+    gw = start_gateway(simulator.url)
+
+    async def main() -> None:
+        full = SseViewer(gw.url, conv).start()
+        user = SseViewer(gw.url, conv).start(params={"scope": "user"})
+        for v in (full, user):
+            await v.wait_connected()
+        raw_frames: list[str] = []
+        sockjs_frames: list[str] = []
+        raw = await _stomp_viewer(gw.url, conv, raw_frames, headers="scope:user\n")
+        sockjs = await _stomp_viewer(gw.url, conv, sockjs_frames, "/ws-convengine/000/userab/websocket",
+                                     headers="scope:user\n")  # fmt: skip
+        before = scrape(gw)
+        assert submit(gw, conv, "scoped [deltas=4] [tools=1]").status_code == 202
+        for v in (full, user):
+            await v.wait_for_stage("ENGINE_RETURN")
+        shown = user.seqs
+        assert len(shown) < len(full.seqs)  # the turn had diagnostic/accounting envelopes
+
+        def stomp_seqs(frames: list[str]) -> list[int]:
+            return [int(m.group(1)) for f in frames if (m := re.search(r"\nseq:(\d+)", f))]
+
+        await eventually(lambda: stomp_seqs(raw_frames) == stomp_seqs(sockjs_frames) == shown, 5, "STOMP shown")
+        after = scrape(gw)
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        assert delta('hqgw_envelopes_delivered_total{transport="sse"}') == len(full.seqs) + len(shown)
+        assert delta('hqgw_envelopes_delivered_total{transport="websocket"}') == len(shown)
+        assert delta('hqgw_envelopes_delivered_total{transport="sockjs-websocket"}') == len(shown)
+        for transport in ("websocket", "sockjs-websocket"):  # only user viewers: hidden ones observed too
+            assert delta(f'hqgw_fanout_latency_seconds_count{{transport="{transport}"}}') == len(full.seqs)
+        for v in (full, user):
+            await v.stop()
+        for ws, task in (raw, sockjs):
+            await ws.close()
+            task.cancel()
+
+    asyncio.run(main())
 
 
 async def _xhr_streaming_viewer(url: str, conv: str, frames: list[str]) -> Any:

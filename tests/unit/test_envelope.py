@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.delivery import sse_frame
 from gateway.envelope import ConversationInfo, HqEvent, TurnPhase, TurnState, iso_ms, load_mapping, normalize
 from gateway.errors import ConfigError
 
@@ -139,7 +140,7 @@ def test_sse_frame_is_id_event_data(tmp_path: Path) -> None:
     env, _ = normalize(HqEvent("final", {"text": "x"}), seq=7, conversation_id=CONV, turn=TurnState(),
                        mapping=MAPPING, now_ms=NOW)  # fmt: skip
     assert env is not None
-    assert env.sse == b"id: 7\nevent: ASSISTANT_OUTPUT\ndata: " + env.body + b"\n\n"
+    assert sse_frame(env) == b"id: 7\nevent: ASSISTANT_OUTPUT\ndata: " + env.body + b"\n\n"
     assert b"\n" not in env.body
 
 

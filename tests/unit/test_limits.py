@@ -7,6 +7,7 @@ import logging
 
 import orjson
 
+from gateway.delivery import sse_frame, sse_user_frame
 from gateway.envelope import Envelope, HqEvent, TurnState, load_mapping, normalize
 from gateway.limits import TokenBuckets
 from gateway.logs import _ScrubFilter, scrub
@@ -24,20 +25,20 @@ def test_token_bucket_burst_then_rate_and_bounded_keys() -> None:
     assert buckets.take("a") == 0.0
 
 
-def test_user_scope_frames_are_built_once_and_strip_fields() -> None:
+def test_user_scope_frames_strip_fields() -> None:
     mapping = load_mapping()
     env, _ = normalize(HqEvent("tool_call", {"id": "t", "name": "sql", "args_digest": "sha256:x"}, "1"),
                        seq=4, conversation_id="c", turn=TurnState(), mapping=mapping, now_ms=0)  # fmt: skip
     assert env is not None and not env.hidden_from_user
-    assert b"args_digest" in env.sse and b"args_digest" not in env.sse_user
-    assert env.sse_user is env.sse_user and env.sse_user.startswith(b"id: 4\nevent: MCP_TOOL_CALL\n")
+    assert b"args_digest" in sse_frame(env) and b"args_digest" not in sse_user_frame(env)
+    assert sse_user_frame(env).startswith(b"id: 4\nevent: MCP_TOOL_CALL\n")
     assert "args_digest" not in orjson.loads(env.body_for_user)["payload"]
     for name in ("agent_active", "token_usage"):
         hidden, _ = normalize(HqEvent(name, {"hint": "x"}), seq=5, conversation_id="c", turn=TurnState(),
                               mapping=mapping, now_ms=0)  # fmt: skip
         assert hidden is not None and hidden.hidden_from_user
     plain = Envelope(6, "S", b"{}", 0)
-    assert plain.sse_user is plain.sse and plain.body_for_user is plain.body
+    assert sse_user_frame(plain) == sse_frame(plain) and plain.body_for_user is plain.body
 
 
 def test_scrub_removes_every_token_shape() -> None:
