@@ -91,6 +91,9 @@ class _WatchedStream(httpx.AsyncByteStream):
         watchdog, chunks = self._watchdog, self._inner.__aiter__()
         loop = asyncio.get_running_loop()
         while True:
+            # The bound runs from when the reader starts waiting: time the consumer spent on the last
+            # event (a slow journal append, say) is not silence from HQ.
+            watchdog.last = max(watchdog.last, loop.time())
             watchdog.reading = True
             try:
                 chunk = await chunks.__anext__()
