@@ -311,16 +311,7 @@ class SseViewer(Viewer):
             return
         if not self.ready.done():
             self.ready.set_result(None)
-        buf = self._buf
-        buf += text
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            return
-        block = bytes(buf[: end + 2])
-        del buf[: end + 2]
-        for frame in block.split(b"\n\n"):
-            if not frame or frame.startswith(b":"):
-                continue
+        for frame in wire.take_sse_frames(self._buf, text):
             self._event(frame, now_ms)
 
     def _event(self, frame: bytes, now_ms: float) -> None:

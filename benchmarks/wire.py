@@ -156,6 +156,17 @@ class ChunkedReader:
         return bytes(out)
 
 
+def take_sse_frames(buf: bytearray, text: bytes) -> list[bytes]:
+    """Append decoded body ``text`` to ``buf`` and take out every complete SSE frame (comments dropped)."""
+    buf += text
+    end = buf.rfind(b"\n\n")
+    if end < 0:
+        return []
+    block = bytes(buf[: end + 2])
+    del buf[: end + 2]
+    return [frame for frame in block.split(b"\n\n") if frame and not frame.startswith(b":")]
+
+
 def number_after(data: bytes, key: bytes, start: int = 0) -> float | None:
     """The JSON number following ``key`` in ``data`` (a byte search, no JSON parse)."""
     i = data.find(key, start)

@@ -234,18 +234,10 @@ class _Sse(_Connection):
             return
         if not self.ready.done():
             self.ready.set_result(None)
-        buf = self._buf
-        buf += text
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            return
-        block = bytes(buf[: end + 2])
-        del buf[: end + 2]
-        for frame in block.split(b"\n\n"):
-            if frame and not frame.startswith(b":"):
-                self._event(frame)
-                if self.ended:
-                    return
+        for frame in wire.take_sse_frames(self._buf, text):
+            self._event(frame)
+            if self.ended:
+                return
 
     def _event(self, frame: bytes) -> None:
         seq: int | None = None
